@@ -1,0 +1,1 @@
+"""The clothing-rental example service."""

@@ -1,0 +1,63 @@
+"""cqrs-kit: CQRS and event sourcing on MongoDB."""
+
+from cqrs_kit.errors import (
+    ChangeStreamHistoryLostError,
+    CommandError,
+    ConcurrencyError,
+    CqrsKitError,
+    DomainError,
+    DuplicateEventError,
+    EventDecodingError,
+    EventEncodingError,
+    EventTooLargeError,
+    HandlerNotFoundError,
+    IndeterminateCommitError,
+    InvalidStreamIdError,
+    LeaseLostError,
+    PatternError,
+    ProjectionError,
+    RoutingError,
+    RoutingFileError,
+    SerializationError,
+    StoreError,
+    TransientStoreError,
+    UnknownEventTypeError,
+    UsageError,
+)
+from cqrs_kit.events import Event, EventMetadata, EventRegistry, NewEvent, RecordedEvent
+from cqrs_kit.store import AppendResult, EventStore, ExpectedVersion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppendResult",
+    "ChangeStreamHistoryLostError",
+    "CommandError",
+    "ConcurrencyError",
+    "CqrsKitError",
+    "DomainError",
+    "DuplicateEventError",
+    "Event",
+    "EventDecodingError",
+    "EventEncodingError",
+    "EventMetadata",
+    "EventRegistry",
+    "EventStore",
+    "EventTooLargeError",
+    "ExpectedVersion",
+    "HandlerNotFoundError",
+    "IndeterminateCommitError",
+    "InvalidStreamIdError",
+    "LeaseLostError",
+    "NewEvent",
+    "PatternError",
+    "ProjectionError",
+    "RecordedEvent",
+    "RoutingError",
+    "RoutingFileError",
+    "SerializationError",
+    "StoreError",
+    "TransientStoreError",
+    "UnknownEventTypeError",
+    "UsageError",
+]

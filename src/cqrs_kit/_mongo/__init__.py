@@ -1,0 +1,20 @@
+"""Driver-specific code: the only package that imports pymongo, bson or motor."""
+
+from cqrs_kit._mongo.adapter import (
+    Capabilities,
+    EncodingError,
+    MongoCollection,
+    MongoDatabase,
+    adapt,
+)
+from cqrs_kit._mongo.translate import DocumentTooLargeError, DuplicateKey
+
+__all__ = [
+    "Capabilities",
+    "DocumentTooLargeError",
+    "DuplicateKey",
+    "EncodingError",
+    "MongoCollection",
+    "MongoDatabase",
+    "adapt",
+]

@@ -1,0 +1,1 @@
+pytest_plugins = ["cqrs_kit.testing.plugin"]
