@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.rental_service.demo
+	$(BIN)/python -m examples.store_demo
 
 serve: $(STAMP)
 	$(BIN)/python -m examples.rental_service
