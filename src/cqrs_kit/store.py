@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -162,6 +163,11 @@ class EventStore:
         self.collection_name = collection
         self._commits = self.database.collection(collection)
         self._max_attempts = max_append_attempts
+        # Hints for the next append: the highest position and stream versions this
+        # store has seen committed (see _plan). Bounded, least recently used first out.
+        self._log_hint = 0
+        self._stream_hints: OrderedDict[str, int] = OrderedDict()
+        self._max_hints = 10_000
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store's guarantees rest on (idempotent)."""
@@ -239,17 +245,14 @@ class EventStore:
             if original is not None:
                 return original
 
+        fresh = False  # whether to re-read both heads instead of trusting the hints
         for attempt in range(self._max_attempts):
-            stream_head, log_head = await asyncio.gather(
-                self._stream_head(stream_id), self._log_head()
-            )
-            actual = stream_head["to_version"] if stream_head else 0
+            actual, first_position = await self._plan(stream_id, expected, fresh)
             if expected is not None and actual != expected:
                 original = await self._find_original(stream_id, ids)
                 if original is not None:
                     return original
                 raise ConcurrencyError(stream_id, expected=expected, actual=actual)
-            first_position = (log_head["last_position"] if log_head else 0) + 1
             doc = self._commit_document(stream_id, bodies, actual + 1, first_position)
             try:
                 await self._commits.insert_encoded(doc, max_size=MAX_DOCUMENT_SIZE)
@@ -259,7 +262,9 @@ class EventStore:
                 original = await self._find_original(stream_id, ids)
                 if original is not None:
                     return original
-                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+                if fresh:
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+                fresh = True
                 continue
             except DocumentTooLargeError as exc:
                 size = int(str(exc).split()[0]) if str(exc).split()[0].isdigit() else -1
@@ -272,6 +277,7 @@ class EventStore:
                 ) from exc
             except TransientStoreError as exc:
                 raise IndeterminateCommitError(stream_id=stream_id, reason=str(exc)) from exc
+            self._observe(stream_id, doc["to_version"], doc["last_position"])
             return AppendResult(
                 stream_id=stream_id,
                 version=doc["to_version"],
@@ -282,6 +288,47 @@ class EventStore:
             f"append to {stream_id!r} lost the race for the next position "
             f"{self._max_attempts} times; the log is under heavy contention, retry later"
         )
+
+    async def _plan(self, stream_id: str, expected: int | None, fresh: bool) -> tuple[int, int]:
+        """Return (the stream's version, the next global position) to try an insert with.
+
+        Both come from hints where that is safe, saving the reads: a hint is a value
+        this store has seen committed, and since the log is immutable and contiguous
+        a seen value is always a lower bound of the truth. Inserting at a stale
+        (too low) position or version collides with the commit already there, and
+        the retry then reads the heads. Only an ``expected_version`` above the
+        hint needs a read, because a too-high version would not collide.
+        """
+        hinted = None if fresh else self._stream_hints.get(stream_id)
+        if expected == 0 and not fresh:
+            version: int | None = 0  # collides with version 1 if the stream exists
+        elif hinted is not None and (expected is None or expected <= hinted):
+            version = hinted
+            self._stream_hints.move_to_end(stream_id)
+        else:
+            version = None
+        log_hint = 0 if fresh else self._log_hint
+        if version is not None and log_hint > 0:
+            return version, log_hint + 1
+        if version is None and log_hint > 0:
+            head = await self._stream_head(stream_id)
+            return (head["to_version"] if head else 0), log_hint + 1
+        stream_head, log_head = await asyncio.gather(self._stream_head(stream_id), self._log_head())
+        actual = stream_head["to_version"] if stream_head else 0
+        last = log_head["last_position"] if log_head else 0
+        self._observe(stream_id if stream_head else None, actual, last)
+        return (actual if version is None else version), last + 1
+
+    def _observe(self, stream_id: str | None, version: int, last_position: int) -> None:
+        """Remember committed values as hints for the next append."""
+        self._log_hint = max(self._log_hint, last_position)
+        if stream_id is None:
+            return
+        if version > self._stream_hints.get(stream_id, 0):
+            self._stream_hints[stream_id] = version
+        self._stream_hints.move_to_end(stream_id)
+        if len(self._stream_hints) > self._max_hints:
+            self._stream_hints.popitem(last=False)
 
     @staticmethod
     def _commit_document(
@@ -340,11 +387,19 @@ class EventStore:
     # -- reading -------------------------------------------------------------------------
 
     async def _stream_head(self, stream_id: str) -> dict[str, Any] | None:
-        return await self._commits.find_one(
-            {"stream_id": stream_id},
-            sort=[("from_version", -1)],
-            projection={"to_version": 1, "last_position": 1},
-        )
+        # $match + $sort + $limit coalesce into one index probe on
+        # (stream_id, from_version) on MongoDB; the pipeline form is used because some
+        # wire-compatible servers only plan compound-index sorts for aggregations.
+        async for head in self._commits.aggregate_iter(
+            [
+                {"$match": {"stream_id": stream_id}},
+                {"$sort": {"from_version": -1}},
+                {"$limit": 1},
+                {"$project": {"to_version": 1, "last_position": 1}},
+            ]
+        ):
+            return head
+        return None
 
     async def _log_head(self) -> dict[str, Any] | None:
         return await self._commits.find_one(
@@ -384,15 +439,18 @@ class EventStore:
         query: dict[str, Any] = {"stream_id": stream_id}
         if from_version > 1:
             # The commit holding from_version may start before it.
-            holder = await self._commits.find_one(
-                {"stream_id": stream_id, "from_version": {"$lte": from_version}},
-                sort=[("from_version", -1)],
-                projection={"from_version": 1},
-            )
-            if holder is not None:
+            async for holder in self._commits.aggregate_iter(
+                [
+                    {"$match": {"stream_id": stream_id, "from_version": {"$lte": from_version}}},
+                    {"$sort": {"from_version": -1}},
+                    {"$limit": 1},
+                    {"$project": {"from_version": 1}},
+                ]
+            ):
                 query["from_version"] = {"$gte": holder["from_version"]}
         produced = 0
-        async for commit in self._commits.find(query, sort=[("from_version", 1)]):
+        pipeline = [{"$match": query}, {"$sort": {"from_version": 1}}]
+        async for commit in self._commits.aggregate_iter(pipeline, batch_size=500):
             for recorded in self._unpack(commit, strict):
                 if recorded.stream_version < from_version:
                     continue
@@ -415,7 +473,8 @@ class EventStore:
         if from_version is not None:
             query["from_version"] = {"$lte": from_version}
         produced = 0
-        async for commit in self._commits.find(query, sort=[("from_version", -1)]):
+        pipeline = [{"$match": query}, {"$sort": {"from_version": -1}}]
+        async for commit in self._commits.aggregate_iter(pipeline, batch_size=500):
             for recorded in reversed(self._unpack(commit, strict)):
                 if from_version is not None and recorded.stream_version > from_version:
                     continue

@@ -293,6 +293,16 @@ class MongoCollection:
             cursor = await _resolve(self._coll.aggregate([dict(s) for s in pipeline], **kwargs))
             return [doc async for doc in cursor]
 
+    async def aggregate_iter(
+        self, pipeline: Sequence[Mapping[str, Any]], *, batch_size: int = 0
+    ) -> AsyncIterator[Document]:
+        """Run a pipeline and iterate its results as they arrive."""
+        with translate_errors(f"aggregate on {self.name}"):
+            kwargs: dict[str, Any] = {"batchSize": batch_size} if batch_size else {}
+            cursor = await _resolve(self._coll.aggregate([dict(s) for s in pipeline], **kwargs))
+            async for doc in cursor:
+                yield doc
+
     async def create_index(
         self, keys: Sequence[tuple[str, int]], *, name: str, unique: bool = False
     ) -> None:
