@@ -27,6 +27,7 @@ from typing import Any
 
 from cqrs_kit._mongo import DuplicateKey, MongoDatabase, adapt
 from cqrs_kit.errors import LeaseLostError, TransientStoreError
+from cqrs_kit.metrics import get_metrics
 
 log = logging.getLogger("cqrs_kit.leases")
 
@@ -138,6 +139,7 @@ class LeaseManager:
                 lease = None
             if lease is not None:
                 log.info("lease %s acquired by %s (fence %d)", name, self.owner, lease.fence)
+                get_metrics().record_lease_change(name, "acquired")
                 return lease
             if not announced:
                 current = await self.holder(name)
@@ -160,6 +162,7 @@ class LeaseManager:
                 continue
             if lease is None or lease.fence != fence:
                 log.error("lease %s lost by %s", name, self.owner)
+                get_metrics().record_lease_change(name, "lost")
                 lost.set()
                 return
 

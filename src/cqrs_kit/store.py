@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -63,6 +64,7 @@ from cqrs_kit.errors import (
     UsageError,
 )
 from cqrs_kit.events import Event, EventMetadata, EventRegistry, NewEvent, RecordedEvent
+from cqrs_kit.metrics import get_metrics
 
 #: MongoDB's maximum BSON document size.
 MAX_DOCUMENT_SIZE: Final = 16 * 1024 * 1024
@@ -168,6 +170,7 @@ class EventStore:
         self._log_hint = 0
         self._stream_hints: OrderedDict[str, int] = OrderedDict()
         self._max_hints = 10_000
+        self._metrics = get_metrics()
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store's guarantees rest on (idempotent)."""
@@ -245,6 +248,7 @@ class EventStore:
             if original is not None:
                 return original
 
+        started = time.perf_counter()
         fresh = False  # whether to re-read both heads instead of trusting the hints
         for attempt in range(self._max_attempts):
             actual, first_position = await self._plan(stream_id, expected, fresh)
@@ -278,6 +282,7 @@ class EventStore:
             except TransientStoreError as exc:
                 raise IndeterminateCommitError(stream_id=stream_id, reason=str(exc)) from exc
             self._observe(stream_id, doc["to_version"], doc["last_position"])
+            self._metrics.record_append(stream_id, len(bodies), time.perf_counter() - started)
             return AppendResult(
                 stream_id=stream_id,
                 version=doc["to_version"],

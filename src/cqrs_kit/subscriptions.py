@@ -41,6 +41,8 @@ from cqrs_kit.checkpoints import CheckpointStore, ConsumerError, ConsumerState
 from cqrs_kit.errors import ChangeStreamHistoryLostError, TransientStoreError
 from cqrs_kit.events import RecordedEvent
 from cqrs_kit.leases import LeaseManager
+from cqrs_kit.logs import log_context
+from cqrs_kit.metrics import get_metrics
 from cqrs_kit.store import EventStore
 
 log = logging.getLogger("cqrs_kit.subscriptions")
@@ -240,6 +242,7 @@ class Subscription:
         self.position = 0
         self._failures = 0
         self._faulted_at: int | None = None
+        self._metrics = get_metrics()
 
     @property
     def name(self) -> str:
@@ -325,7 +328,8 @@ class Subscription:
         wanted = [e for e in batch if types is None or e.event_type in types]
         up_to = batch[-1].position
         try:
-            await self.consumer.handle(wanted, up_to=up_to)
+            with log_context(consumer=self.name, position=batch[0].position):
+                await self.consumer.handle(wanted, up_to=up_to)
         except TransientStoreError as exc:
             log.warning("%s: database unavailable while handling (%s); retrying", self.name, exc)
             await _pause(stop, self.backoff.delay(1))
@@ -339,6 +343,7 @@ class Subscription:
             await _pause(stop, self.backoff.delay(self._failures))
             return True
         self.position = up_to
+        self._metrics.record_batch(self.name, len(wanted), up_to)
         if self._faulted_at is not None and up_to >= self._faulted_at:
             if self._failures:
                 log.info("%s: recovered at position %d", self.name, up_to)
@@ -352,6 +357,7 @@ class Subscription:
     async def _record_fault(self, event: RecordedEvent, exc: BaseException) -> None:
         self._failures += 1
         self._faulted_at = event.position
+        self._metrics.record_retry(self.name)
         message = f"{type(exc).__name__}: {exc}"
         log.error(
             "%s: failed on event %s (%s) at position %d, attempt %d: %s",

@@ -1,0 +1,110 @@
+"""Structured logging: context fields on every record, and an optional JSON formatter.
+
+The library logs through the standard :mod:`logging` module under the
+``cqrs_kit`` logger. While a command or an event is being handled,
+:func:`log_context` binds fields (correlation id, causation id, stream id,
+position, projection or subscriber name); :class:`ContextFilter` copies them,
+and the current trace id, onto each record, and :class:`JsonFormatter`
+renders records as one JSON object per line for log shippers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Any
+
+from cqrs_kit.tracing import current_trace
+
+#: Fields bound by the library, in the order the JSON formatter writes them.
+CONTEXT_FIELDS = (
+    "correlation_id",
+    "causation_id",
+    "stream_id",
+    "position",
+    "event_id",
+    "event_type",
+    "command_type",
+    "consumer",
+)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "cqrs_kit_log_context", default=_EMPTY
+)
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Bind ``fields`` to every log record emitted in the body (nested calls merge)."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bound_context() -> Mapping[str, Any]:
+    """The fields bound right now."""
+    return _context.get()
+
+
+class ContextFilter(logging.Filter):
+    """Copies bound context fields and the current trace id onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate ``record``; never drops it."""
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        trace = current_trace()
+        if trace is not None and not hasattr(record, "trace_id"):
+            record.trace_id = trace.trace_id
+            record.span_id = trace.span_id
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, context, exception."""
+
+    _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as JSON."""
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(*, json_format: bool = False, level: int | str = logging.INFO) -> None:
+    """Set up the root logger for a cqrs-kit process (CLI, workers, the example app).
+
+    Args:
+        json_format: Emit JSON lines instead of plain text.
+        level: Minimum level.
+    """
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if json_format:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,136 @@
+"""W3C trace context carried through events, so one trace spans command to side effect.
+
+The ``traceparent`` of an incoming request is stored in the metadata headers
+of every event the command produces. When a projector or subscriber handles
+such an event, :func:`use_trace` makes that trace current again: log records
+carry its trace id, and, when the OpenTelemetry API is installed (the
+``otel`` extra), spans started by the handler join the original trace.
+Without OpenTelemetry everything here is a cheap no-op beyond the context
+variable.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+_TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A parsed ``traceparent`` (version 00).
+
+    Attributes:
+        trace_id: 32 lowercase hex characters.
+        span_id: 16 lowercase hex characters (the parent span).
+        flags: Trace flags (``01`` means sampled).
+        state: The ``tracestate`` header, if any.
+    """
+
+    trace_id: str
+    span_id: str
+    flags: str = "01"
+    state: str | None = None
+
+    @classmethod
+    def parse(cls, traceparent: str | None, tracestate: str | None = None) -> TraceContext | None:
+        """Parse a header value; returns ``None`` for a missing or malformed one."""
+        if not traceparent:
+            return None
+        match = _TRACEPARENT_RE.match(traceparent.strip().lower())
+        if match is None:
+            return None
+        trace_id, span_id, flags = match.groups()
+        if trace_id == "0" * 32 or span_id == "0" * 16:
+            return None
+        return cls(trace_id, span_id, flags, tracestate)
+
+    @classmethod
+    def new(cls) -> TraceContext:
+        """Start a fresh trace."""
+        return cls(secrets.token_hex(16), secrets.token_hex(8))
+
+    @property
+    def traceparent(self) -> str:
+        """The header value."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+    def headers(self) -> dict[str, str]:
+        """The context as event metadata headers."""
+        out = {TRACEPARENT: self.traceparent}
+        if self.state:
+            out[TRACESTATE] = self.state
+        return out
+
+
+_current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
+    "cqrs_kit_trace", default=None
+)
+
+
+def current_trace() -> TraceContext | None:
+    """The trace context of the work in progress, if any."""
+    otel = _otel_current()
+    return otel if otel is not None else _current.get()
+
+
+def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
+    """Read a trace context from HTTP or event metadata headers (case-insensitive)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return TraceContext.parse(lowered.get(TRACEPARENT), lowered.get(TRACESTATE))
+
+
+@contextmanager
+def use_trace(trace: TraceContext | None) -> Iterator[TraceContext | None]:
+    """Make ``trace`` current for the body (and for OpenTelemetry, when installed)."""
+    token = _current.set(trace)
+    otel_token = _otel_attach(trace) if trace is not None else None
+    try:
+        yield trace
+    finally:
+        if otel_token is not None:
+            _otel_detach(otel_token)
+        _current.reset(token)
+
+
+# -- optional OpenTelemetry bridge ---------------------------------------------------------
+
+
+def _otel_current() -> TraceContext | None:
+    try:
+        from opentelemetry import trace as otel_trace
+    except ImportError:
+        return None
+    span_context = otel_trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return TraceContext(
+        f"{span_context.trace_id:032x}",
+        f"{span_context.span_id:016x}",
+        f"{int(span_context.trace_flags):02x}",
+    )
+
+
+def _otel_attach(trace: TraceContext) -> Any:
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        return None
+    ctx = TraceContextTextMapPropagator().extract(trace.headers())
+    return otel_context.attach(ctx)
+
+
+def _otel_detach(token: Any) -> None:
+    from opentelemetry import context as otel_context
+
+    otel_context.detach(token)
