@@ -1,10 +1,19 @@
 """cqrs-kit: CQRS and event sourcing on MongoDB."""
 
+from cqrs_kit.aggregates import Aggregate, Decider, applies
+from cqrs_kit.commands import (
+    Command,
+    CommandBus,
+    CommandMetadata,
+    CommandResult,
+    derive_event_id,
+)
 from cqrs_kit.errors import (
     ChangeStreamHistoryLostError,
     CommandError,
     ConcurrencyError,
     CqrsKitError,
+    DeadLetterNotFoundError,
     DomainError,
     DuplicateEventError,
     EventDecodingError,
@@ -25,16 +34,35 @@ from cqrs_kit.errors import (
     UsageError,
 )
 from cqrs_kit.events import Event, EventMetadata, EventRegistry, NewEvent, RecordedEvent
+from cqrs_kit.projections import (
+    HandlerProjection,
+    PipelineProjection,
+    Projection,
+    ProjectionApp,
+    ProjectionRunner,
+    ProjectionStatus,
+    Projector,
+    ReadModel,
+)
+from cqrs_kit.repository import Repository, StreamStore
+from cqrs_kit.snapshots import Snapshot, SnapshotStore
 from cqrs_kit.store import AppendResult, EventStore, ExpectedVersion
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregate",
     "AppendResult",
     "ChangeStreamHistoryLostError",
+    "Command",
+    "CommandBus",
     "CommandError",
+    "CommandMetadata",
+    "CommandResult",
     "ConcurrencyError",
     "CqrsKitError",
+    "DeadLetterNotFoundError",
+    "Decider",
     "DomainError",
     "DuplicateEventError",
     "Event",
@@ -46,18 +74,32 @@ __all__ = [
     "EventTooLargeError",
     "ExpectedVersion",
     "HandlerNotFoundError",
+    "HandlerProjection",
     "IndeterminateCommitError",
     "InvalidStreamIdError",
     "LeaseLostError",
     "NewEvent",
     "PatternError",
+    "PipelineProjection",
+    "Projection",
+    "ProjectionApp",
     "ProjectionError",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "Projector",
+    "ReadModel",
     "RecordedEvent",
+    "Repository",
     "RoutingError",
     "RoutingFileError",
     "SerializationError",
+    "Snapshot",
+    "SnapshotStore",
     "StoreError",
+    "StreamStore",
     "TransientStoreError",
     "UnknownEventTypeError",
     "UsageError",
+    "applies",
+    "derive_event_id",
 ]

@@ -25,7 +25,8 @@ id) so callers never have to parse a message::
     │   └── LeaseLostError          another runner took over a lease
     └── RoutingError
         ├── PatternError            an invalid EventBridge-style pattern
-        └── RoutingFileError        an invalid routing YAML file
+        ├── RoutingFileError        an invalid routing YAML file
+        └── DeadLetterNotFoundError no dead letter has the given id
 
 Driver exceptions are translated into this tree at exactly one boundary,
 inside ``cqrs_kit._mongo``.
@@ -251,3 +252,15 @@ class RoutingFileError(RoutingError):
         self.line = line
         self.path = path
         self.reason = reason
+
+
+class DeadLetterNotFoundError(RoutingError):
+    """No dead letter has the given id.
+
+    Attributes:
+        entry_id: The id asked for (``<subscriber>:<event id>``).
+    """
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no dead letter with id {entry_id!r}; list them with `cqrs-kit dlq list`")
+        self.entry_id = entry_id

@@ -171,6 +171,9 @@ class EventStore:
         self._stream_hints: OrderedDict[str, int] = OrderedDict()
         self._max_hints = 10_000
         self._metrics = get_metrics()
+        # Whether the server enforces the unique multikey index on event_ids; probed
+        # on first need (see _server_refuses_reused_ids).
+        self._refuses_reused_ids: bool | None = None
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store's guarantees rest on (idempotent)."""
@@ -214,7 +217,11 @@ class EventStore:
         """
         validate_stream_id(stream_id)
         expected = _validate_expected(expected_version)
-        pending = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
+        items = list(events)
+        # Ids the caller made (NewEvent) may be reused: a retry, or a mistake. Ids made
+        # here for bare events are fresh uuid4s and need no duplicate check.
+        caller_ids = any(isinstance(e, NewEvent) for e in items)
+        pending = [e if isinstance(e, NewEvent) else NewEvent(e) for e in items]
         for item in pending:
             if not isinstance(item.event, Event):
                 raise UsageError(
@@ -239,11 +246,12 @@ class EventStore:
             for n, item in enumerate(pending)
         ]
 
-        if len(ids) > 1:
-            # The _id index catches a retried batch by its first id. A later id reused
-            # from another append is refused by the unique index on events.id where
-            # the server enforces unique multikey indexes (MongoDB does); this check
-            # also catches it on backends that do not.
+        if caller_ids and (len(ids) > 1 or not await self._server_refuses_reused_ids()):
+            # The _id index catches a retried append by its first id. Any other reused
+            # id (a later one of a batch, or a single event's id stored inside another
+            # batch) is refused by the unique index on event_ids where the server
+            # enforces unique multikey indexes (MongoDB does); this check also
+            # catches it on backends that do not (nx-27017, mongomock).
             original = await self._find_original(stream_id, ids)
             if original is not None:
                 return original
@@ -366,6 +374,30 @@ class EventStore:
         position = head["last_position"] if head else 0
         return AppendResult(stream_id, actual, position, position, replayed=True)
 
+    async def _server_refuses_reused_ids(self) -> bool:
+        """Whether a unique index on an array field refuses a value repeated across documents.
+
+        MongoDB's unique multikey indexes do; nx-27017's and mongomock's do not, and
+        there a single-event append would otherwise store an id that is already
+        inside another batch. Probed once per store, in a scratch collection.
+        """
+        if self._refuses_reused_ids is None:
+            probe = self.database.collection(
+                f"{self.collection_name}_unique_probe_{uuid.uuid4().hex[:12]}"
+            )
+            try:
+                await probe.create_index([("ids", 1)], name="ids_unique", unique=True)
+                await probe.insert_one({"_id": 1, "ids": ["a", "b"]})
+                try:
+                    await probe.insert_one({"_id": 2, "ids": ["b"]})
+                except DuplicateKey:
+                    self._refuses_reused_ids = True
+                else:
+                    self._refuses_reused_ids = False
+            finally:
+                await probe.drop()
+        return self._refuses_reused_ids
+
     async def _find_original(self, stream_id: str, ids: Sequence[str]) -> AppendResult | None:
         """Return the result of an earlier append of exactly these ids, if there was one.
 
@@ -383,6 +415,28 @@ class EventStore:
             raise DuplicateEventError(clash, stream_id=stream_id)
         return AppendResult(
             stream_id=stream_id,
+            version=commit["to_version"],
+            position=commit["last_position"],
+            first_position=commit["position"],
+            replayed=True,
+        )
+
+    async def find_commit(self, event_id: uuid.UUID) -> AppendResult | None:
+        """Return the result of the append that stored ``event_id``, if one did.
+
+        The answer has ``replayed=True`` and describes the whole append the event
+        was part of. A command bus uses it to recognise a command it already
+        applied: the ids of a command's events are derived from the command id.
+        """
+        key = str(event_id)
+        fields = {"stream_id": 1, "to_version": 1, "position": 1, "last_position": 1}
+        commit = await self._commits.find_one({"_id": key}, projection=fields)
+        if commit is None:
+            commit = await self._commits.find_one({"event_ids": key}, projection=fields)
+            if commit is None:
+                return None
+        return AppendResult(
+            stream_id=commit["stream_id"],
             version=commit["to_version"],
             position=commit["last_position"],
             first_position=commit["position"],

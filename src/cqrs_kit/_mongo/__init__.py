@@ -5,6 +5,8 @@ from cqrs_kit._mongo.adapter import (
     EncodingError,
     MongoCollection,
     MongoDatabase,
+    WriteOp,
+    WriteSummary,
     adapt,
 )
 from cqrs_kit._mongo.translate import DocumentTooLargeError, DuplicateKey
@@ -16,5 +18,7 @@ __all__ = [
     "EncodingError",
     "MongoCollection",
     "MongoDatabase",
+    "WriteOp",
+    "WriteSummary",
     "adapt",
 ]

@@ -57,6 +57,42 @@ class EncodingError(Exception):
     """Internal marker: a value has no BSON representation."""
 
 
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One write of a batch, in driver-neutral form (see :meth:`MongoCollection.write_many`).
+
+    Attributes:
+        kind: ``update`` (``document`` holds update operators), ``replace``
+            (``document`` is the new document) or ``delete``.
+        filter: Which document the write applies to.
+        document: Update operators or the replacement; ``None`` for deletes.
+        upsert: Insert when nothing matches (updates and replaces only).
+    """
+
+    kind: Literal["update", "replace", "delete"]
+    filter: Mapping[str, Any]
+    document: Mapping[str, Any] | None = None
+    upsert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSummary:
+    """What a :meth:`MongoCollection.write_many` batch did.
+
+    Attributes:
+        matched: Documents matched by updates and replaces.
+        upserted: Documents inserted by upserts.
+        deleted: Documents deleted.
+        duplicates: Indexes (into the batch) of writes a unique index refused,
+            such as an upsert whose filter did not match an existing ``_id``.
+    """
+
+    matched: int
+    upserted: int
+    deleted: int
+    duplicates: tuple[int, ...] = ()
+
+
 def _detect_flavour(db: Any) -> Flavour:
     module = type(db).__module__
     if module.startswith("pymongo.asynchronous"):
@@ -282,6 +318,75 @@ class MongoCollection:
         with translate_errors(f"bulk_write on {self.name}"):
             await self._coll.bulk_write(list(requests), ordered=ordered, session=session)
 
+    async def write_many(
+        self, ops: Sequence[WriteOp], *, ordered: bool = False, session: Any = None
+    ) -> WriteSummary:
+        """Apply neutral write models in one batch; duplicate keys are reported, not raised.
+
+        A write refused by a unique index is listed in ``duplicates`` (callers
+        use guarded upserts, where such a refusal means "already newer"); any
+        other write error is raised. mongomock's bulk API does not accept the
+        write models of current PyMongo, so there the writes go one by one,
+        with the same result.
+        """
+        if not ops:
+            return WriteSummary(0, 0, 0)
+        with translate_errors(f"write_many on {self.name}"):
+            if self.flavour == "mongomock":
+                return await self._write_one_by_one(ops, ordered=ordered)
+            from pymongo import DeleteOne, ReplaceOne, UpdateOne
+            from pymongo.errors import BulkWriteError
+
+            models: list[Any] = []
+            for op in ops:
+                if op.kind == "delete":
+                    models.append(DeleteOne(dict(op.filter)))
+                elif op.kind == "replace":
+                    models.append(ReplaceOne(dict(op.filter), dict(op.document or {}), op.upsert))
+                else:
+                    models.append(UpdateOne(dict(op.filter), dict(op.document or {}), op.upsert))
+            try:
+                res = await self._coll.bulk_write(models, ordered=ordered, session=session)
+            except BulkWriteError as exc:
+                details = exc.details
+                errors = details.get("writeErrors", [])
+                if not errors or any(err.get("code") != 11000 for err in errors):
+                    raise
+                return WriteSummary(
+                    matched=int(details.get("nMatched", 0)),
+                    upserted=int(details.get("nUpserted", 0)),
+                    deleted=int(details.get("nRemoved", 0)),
+                    duplicates=tuple(int(err["index"]) for err in errors),
+                )
+            return WriteSummary(res.matched_count, res.upserted_count, res.deleted_count)
+
+    async def _write_one_by_one(self, ops: Sequence[WriteOp], *, ordered: bool) -> WriteSummary:
+        from pymongo.errors import DuplicateKeyError
+
+        matched = upserted = deleted = 0
+        duplicates: list[int] = []
+        for index, op in enumerate(ops):
+            try:
+                if op.kind == "delete":
+                    deleted += (await self._coll.delete_one(dict(op.filter))).deleted_count
+                    continue
+                if op.kind == "replace":
+                    res = await self._coll.replace_one(
+                        dict(op.filter), dict(op.document or {}), upsert=op.upsert
+                    )
+                else:
+                    res = await self._coll.update_one(
+                        dict(op.filter), dict(op.document or {}), upsert=op.upsert
+                    )
+            except DuplicateKeyError:
+                duplicates.append(index)
+                if ordered:
+                    break
+                continue
+            matched += res.matched_count
+            upserted += res.upserted_id is not None
+        return WriteSummary(matched, upserted, deleted, tuple(duplicates))
+
     async def aggregate(
         self, pipeline: Sequence[Mapping[str, Any]], *, session: Any = None
     ) -> list[Document]:
@@ -447,3 +552,15 @@ def adapt(db: Any) -> MongoDatabase:
     if isinstance(db, MongoDatabase):
         return db
     return MongoDatabase(db)
+
+
+def open_client(uri: str, *, timeout_ms: int = 10_000) -> Any:
+    """A PyMongo async client for ``uri``, for command-line tools (see :func:`close_client`)."""
+    from pymongo import AsyncMongoClient
+
+    return AsyncMongoClient(uri, serverSelectionTimeoutMS=timeout_ms)
+
+
+async def close_client(client: Any) -> None:
+    """Close a client from any of the drivers (PyMongo's ``close`` is a coroutine)."""
+    await _resolve(client.close())
