@@ -383,3 +383,22 @@ def test_an_unreadable_file_is_a_routing_file_error(tmp_path: Path) -> None:
     with pytest.raises(RoutingFileError, match="cannot read") as info:
         load_routing(tmp_path / "missing.yaml")
     assert info.value.line is None
+
+
+def test_an_invalid_branch_of_an_or_is_reported_with_its_full_path() -> None:
+    error = error_for(
+        """\
+        routes:
+          a:
+            pattern:
+              $or:
+                - type: [orders.Placed]
+                - data: "not a list"
+            subscribers: [audit]
+        subscribers:
+          audit:
+            handler: test_routing_config:audit
+        """
+    )
+    assert error.path == "routes.a.pattern.$or[1].data", error.path
+    assert error.line == 6

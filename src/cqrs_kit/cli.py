@@ -208,7 +208,7 @@ def run_async(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
     """Print ``rows`` under ``headers``, columns padded to their widest cell."""
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     for row in [list(headers), *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
 

@@ -443,8 +443,7 @@ class _Loader:
         try:
             pattern = EventPattern.parse(route.pattern)
         except PatternError as exc:
-            inner = exc.path[1:].lstrip(".") if exc.path.startswith("$") else exc.path
-            where: list[PathStep] = ["routes", name, "pattern", *_split(inner)]
+            where: list[PathStep] = ["routes", name, "pattern", *_split(exc.path)]
             raise self.source.error(where, exc.reason) from None
         return Route(name, pattern, route.pattern, tuple(route.subscribers))
 
