@@ -281,7 +281,7 @@ class ScheduledCommandStore:
         if (at is None) == (after is None):
             raise UsageError("pass exactly one of at= or after=", code="schedule-when")
         if not isinstance(command, BaseModel):
-            raise UsageError("only pydantic models can be scheduled", code="schedule-command")
+            raise UsageError("only pydantic models can be scheduled", code="not-a-command")
         if at is None:
             seconds = after.total_seconds() if isinstance(after, timedelta) else float(after or 0)
             at = self.clock.now() + timedelta(seconds=seconds)

@@ -107,9 +107,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise UsageError("max_attempts must be at least 1", code="retry-policy")
+            raise UsageError("max_attempts must be at least 1", code="bad-retry-policy")
         if not 0.0 <= self.jitter <= 1.0:
-            raise UsageError("jitter must be between 0 and 1", code="retry-policy")
+            raise UsageError("jitter must be between 0 and 1", code="bad-retry-policy")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
