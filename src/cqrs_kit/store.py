@@ -578,6 +578,11 @@ class EventStore:
                 query = {"position": {"$gte": holder["position"]}}
         if types is not None:
             query["types"] = {"$in": sorted(types)}
+        elif limit is not None:
+            # Positions are contiguous, so the next `limit` events lie at or below
+            # after + limit. The bound keeps the server from lining up the whole
+            # rest of the log for a reader that wants one batch.
+            query["position"]["$lte"] = after + limit
         produced = 0
         async for commit in self._commits.find(
             query, sort=[("position", 1)], batch_size=batch_size

@@ -148,8 +148,11 @@ class EventStoreContract:
         for after in range(7):
             tail = await _collect(event_store.read_all(after=after))
             assert [r.position for r in tail] == list(range(after + 1, 7))
-        limited = await _collect(event_store.read_all(after=1, limit=2))
-        assert [r.position for r in limited] == [2, 3]
+        for after in range(7):
+            for limit in range(1, 8):
+                window = await _collect(event_store.read_all(after=after, limit=limit))
+                expected = list(range(after + 1, min(after + limit, 6) + 1))
+                assert [r.position for r in window] == expected, (after, limit)
         only_b = await _collect(event_store.read_all(event_types=["contract.Opened"]))
         assert only_b == []
 
