@@ -118,14 +118,30 @@ class Lag:
     seconds: float
 
 
-async def measure_lag(store: EventStore, position: int) -> Lag:
-    """Compute the lag of a consumer at ``position``."""
-    head = await store.head_position()
+async def measure_lag(
+    store: EventStore, position: int, *, head: int | None = None, now: float | None = None
+) -> Lag:
+    """Compute the lag of a consumer at ``position``.
+
+    Args:
+        store: The event store.
+        position: The consumer's position.
+        head: The log's head, when already known (read from the store otherwise).
+        now: The current time in Unix seconds (default: the system clock).
+    """
+    if head is None:
+        head = await store.head_position()
     seconds = 0.0
     if head > position:
         async for oldest in store.read_all(after=position, limit=1, strict=False):
-            seconds = max(0.0, time.time() - oldest.recorded_at.timestamp())
+            current = time.time() if now is None else now
+            seconds = max(0.0, current - oldest.recorded_at.timestamp())
     return Lag(position=position, head=head, events=max(0, head - position), seconds=seconds)
+
+
+#: Shortest time between two empty change-stream polls. MongoDB holds an empty
+#: getMore open for up to maxAwaitTimeMS, so this only paces servers that do not.
+_MIN_EMPTY_WAIT = 0.02
 
 
 class _Doorbell:
@@ -164,8 +180,13 @@ class _Doorbell:
                 async with events.watch(self._pipeline, resume_after=token) as stream:
                     self.opened.set()
                     while True:
+                        asked = time.monotonic()
                         change = await stream.try_next()
                         if change is None:
+                            if time.monotonic() - asked < _MIN_EMPTY_WAIT:
+                                # The server answered an empty batch at once instead of
+                                # awaiting new changes: pace the polls.
+                                await asyncio.sleep(_MIN_EMPTY_WAIT)
                             continue
                         if change.get("operationType") == "invalidate":
                             log.warning(
