@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -231,6 +231,40 @@ def _rebuild_leases(runner: ProjectionRunner, leases: LeaseManager | None) -> Le
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What a rebuild or reset holds once it owns the projection's rebuild lease."""
+
+    key: str
+    rebuild_key: str
+    live: ReadModelLocation
+    version: int
+    shadow: str
+    lost: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def _claim(
+    runner: ProjectionRunner, name: str, leases: LeaseManager, stop: asyncio.Event, verb: str
+) -> AsyncIterator[_Claim]:
+    """Hold ``<key>:rebuild``, clear what a dead predecessor left, and allocate a shadow."""
+    key = projection_key(name)
+    rebuild_key = f"{key}:rebuild"
+    holder = await leases.holder(rebuild_key)
+    if holder is not None:
+        raise ProjectionError(f"a rebuild or reset of {name!r} is already running ({holder.owner})")
+    async with leases.hold(rebuild_key, stop=stop) as lost:
+        if lost is None:
+            raise ProjectionError(f"{verb} of {name!r} stopped before it started")
+        live = await locate(runner.checkpoints, key, name)
+        await _discard_abandoned(runner, rebuild_key, live.collection)
+        await runner.checkpoints.collection.update_one({"_id": key}, {"$unset": {"handover": ""}})
+        version = await _allocate_version(runner, key)
+        shadow = physical_name(name, version)
+        await runner.store.database.collection(shadow).drop()
+        yield _Claim(key, rebuild_key, live, version, shadow, lost)
+
+
 async def rebuild(
     runner: ProjectionRunner,
     name: str,
@@ -261,23 +295,12 @@ async def rebuild(
         UsageError: Unknown projection name.
     """
     projection = runner.get(name)
-    key = projection_key(name)
-    rebuild_key = f"{key}:rebuild"
     leases = _rebuild_leases(runner, leases)
     stop = stop or asyncio.Event()
     started = time.monotonic()
-    holder = await leases.holder(rebuild_key)
-    if holder is not None:
-        raise ProjectionError(f"a rebuild or reset of {name!r} is already running ({holder.owner})")
-    async with leases.hold(rebuild_key, stop=stop) as lost:
-        if lost is None:
-            raise ProjectionError(f"rebuild of {name!r} stopped before it started")
-        live = await locate(runner.checkpoints, key, name)
-        await _discard_abandoned(runner, rebuild_key, live.collection)
-        await runner.checkpoints.collection.update_one({"_id": key}, {"$unset": {"handover": ""}})
-        version = await _allocate_version(runner, key)
-        shadow = physical_name(name, version)
-        await runner.store.database.collection(shadow).drop()
+    async with _claim(runner, name, leases, stop, "rebuild") as claim:
+        key, rebuild_key, live = claim.key, claim.rebuild_key, claim.live
+        version, shadow, lost = claim.version, claim.shadow, claim.lost
         await runner.checkpoints.collection.update_one(
             {"_id": rebuild_key},
             {
@@ -391,22 +414,12 @@ async def reset(
         UsageError: Unknown projection name.
     """
     runner.get(name)
-    key = projection_key(name)
-    rebuild_key = f"{key}:rebuild"
     leases = _rebuild_leases(runner, leases)
     stop = stop or asyncio.Event()
     started = time.monotonic()
-    holder = await leases.holder(rebuild_key)
-    if holder is not None:
-        raise ProjectionError(f"a rebuild or reset of {name!r} is already running ({holder.owner})")
-    async with leases.hold(rebuild_key, stop=stop) as lost:
-        if lost is None:
-            raise ProjectionError(f"reset of {name!r} stopped before it started")
-        live = await locate(runner.checkpoints, key, name)
-        await _discard_abandoned(runner, rebuild_key, live.collection)
-        version = await _allocate_version(runner, key)
-        shadow = physical_name(name, version)
-        await runner.store.database.collection(shadow).drop()
+    async with _claim(runner, name, leases, stop, "reset") as claim:
+        key, rebuild_key, live = claim.key, claim.rebuild_key, claim.live
+        version, shadow = claim.version, claim.shadow
 
         async def at_zero() -> int:
             return 0
