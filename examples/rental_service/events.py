@@ -1,13 +1,16 @@
 """Every event of the rental service, one section per backbone system.
 
 Event type names are ``<context>.<Name>``; they are what is stored, so they
-never change when a class is renamed.
+never change when a class is renamed. Amounts are whole yen (``int``), so that
+routing patterns can match them numerically and pipelines can add them up.
+Inventory events carry the item's category so that read models can group by
+it without reading other state.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import ClassVar
+from datetime import datetime
+from typing import ClassVar, Literal
 
 from cqrs_kit import Event, EventRegistry
 
@@ -29,14 +32,14 @@ class MemberSignedUp(Event):
 
 
 class ItemListed(Event):
-    """A garment was added to the catalogue."""
+    """A garment (one SKU: a model in one size) was added to the catalogue."""
 
     event_type: ClassVar[str] = "inventory.ItemListed"
     sku: str
     name: str
     category: str
     size: str
-    price: Decimal
+    price: int
 
 
 class StockReceived(Event):
@@ -44,6 +47,7 @@ class StockReceived(Event):
 
     event_type: ClassVar[str] = "inventory.StockReceived"
     sku: str
+    category: str
     unit_ids: list[str]
 
 
@@ -52,6 +56,7 @@ class UnitRetired(Event):
 
     event_type: ClassVar[str] = "inventory.UnitRetired"
     sku: str
+    category: str
     unit_id: str
 
 
@@ -60,18 +65,32 @@ class UnitReserved(Event):
 
     event_type: ClassVar[str] = "inventory.UnitReserved"
     sku: str
+    category: str
     unit_id: str
     rental_id: str
+    price: int
+
+
+class ReservationRefused(Event):
+    """No unit of the item was free for a rental."""
+
+    event_type: ClassVar[str] = "inventory.ReservationRefused"
+    sku: str
+    category: str
+    rental_id: str
+    reason: str
 
 
 class UnitReleased(Event):
-    """A reservation ended: the unit is rentable again."""
+    """A reservation or a rental of a unit ended: the unit is rentable again."""
 
     event_type: ClassVar[str] = "inventory.UnitReleased"
     sku: str
+    category: str
     unit_id: str
     rental_id: str
     reason: str
+    was: Literal["reserved", "rented_out"]
 
 
 class UnitRentedOut(Event):
@@ -79,6 +98,7 @@ class UnitRentedOut(Event):
 
     event_type: ClassVar[str] = "inventory.UnitRentedOut"
     sku: str
+    category: str
     unit_id: str
     rental_id: str
 
@@ -92,6 +112,8 @@ class RentalRequested(Event):
     event_type: ClassVar[str] = "rentals.RentalRequested"
     rental_id: str
     member_id: str
+    member_email: str
+    member_name: str
     skus: list[str]
 
 
@@ -102,18 +124,18 @@ class RentalUnitsReserved(Event):
     rental_id: str
     member_id: str
     units: dict[str, str]
-    amount: Decimal
+    amount: int
 
 
 class RentalConfirmed(Event):
-    """Payment arrived; the rental is confirmed."""
+    """Payment arrived; the rental is confirmed and has a due date."""
 
     event_type: ClassVar[str] = "rentals.RentalConfirmed"
     rental_id: str
     member_id: str
     payment_id: str
-    amount: Decimal
-    due_at: str
+    amount: int
+    due_at: datetime
 
 
 class RentalShipped(Event):
@@ -125,21 +147,13 @@ class RentalShipped(Event):
     shipped_by: str
 
 
-class RentalReturned(Event):
-    """The member returned the items; the rental is closed."""
+class ReturnReminderDue(Event):
+    """The due date is near: the member should be reminded to send the items back."""
 
-    event_type: ClassVar[str] = "rentals.RentalReturned"
+    event_type: ClassVar[str] = "rentals.ReturnReminderDue"
     rental_id: str
     member_id: str
-
-
-class RentalCancelled(Event):
-    """The rental ended before shipping (out of stock, payment failed or timed out)."""
-
-    event_type: ClassVar[str] = "rentals.RentalCancelled"
-    rental_id: str
-    member_id: str
-    reason: str
+    due_at: datetime
 
 
 class RentalOverdue(Event):
@@ -148,9 +162,39 @@ class RentalOverdue(Event):
     event_type: ClassVar[str] = "rentals.RentalOverdue"
     rental_id: str
     member_id: str
+    due_at: datetime
+
+
+class RentalReturned(Event):
+    """The items came back; the rental is closed."""
+
+    event_type: ClassVar[str] = "rentals.RentalReturned"
+    rental_id: str
+    member_id: str
+    returned_by: str
+
+
+class RentalCancelled(Event):
+    """The rental ended before shipping (out of stock, payment rejected or timed out)."""
+
+    event_type: ClassVar[str] = "rentals.RentalCancelled"
+    rental_id: str
+    member_id: str
+    reason: str
 
 
 # -- payments ---------------------------------------------------------------------------------
+
+
+class PaymentAuthorized(Event):
+    """The fraud rule let a charge through; the gateway may now be called."""
+
+    event_type: ClassVar[str] = "payments.PaymentAuthorized"
+    payment_id: str
+    rental_id: str
+    member_id: str
+    amount: int
+    authorized_at: datetime
 
 
 class PaymentCharged(Event):
@@ -160,7 +204,7 @@ class PaymentCharged(Event):
     payment_id: str
     rental_id: str
     member_id: str
-    amount: Decimal
+    amount: int
     gateway_ref: str
 
 
@@ -171,8 +215,19 @@ class PaymentRejected(Event):
     payment_id: str
     rental_id: str
     member_id: str
-    amount: Decimal
+    amount: int
     reason: str
+
+
+class RefundRequested(Event):
+    """A charge must be given back (it arrived for a rental that was cancelled)."""
+
+    event_type: ClassVar[str] = "payments.RefundRequested"
+    payment_id: str
+    rental_id: str
+    member_id: str
+    amount: int
+    gateway_ref: str
 
 
 class PaymentRefunded(Event):
@@ -182,7 +237,7 @@ class PaymentRefunded(Event):
     payment_id: str
     rental_id: str
     member_id: str
-    amount: Decimal
+    amount: int
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -191,17 +246,21 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StockReceived,
     UnitRetired,
     UnitReserved,
+    ReservationRefused,
     UnitReleased,
     UnitRentedOut,
     RentalRequested,
     RentalUnitsReserved,
     RentalConfirmed,
     RentalShipped,
+    ReturnReminderDue,
+    RentalOverdue,
     RentalReturned,
     RentalCancelled,
-    RentalOverdue,
+    PaymentAuthorized,
     PaymentCharged,
     PaymentRejected,
+    RefundRequested,
     PaymentRefunded,
 )
 
@@ -209,3 +268,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
 def build_registry() -> EventRegistry:
     """A registry with every event of the service."""
     return EventRegistry(*ALL_EVENTS)
+
+
+#: The registry the routing file names, for handlers that take typed events.
+registry = build_registry()

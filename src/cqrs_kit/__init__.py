@@ -1,6 +1,7 @@
 """cqrs-kit: CQRS and event sourcing on MongoDB."""
 
 from cqrs_kit.aggregates import Aggregate, Decider, applies
+from cqrs_kit.checkpoints import Checkpoint, CheckpointStore, ConsumerState
 from cqrs_kit.commands import (
     Command,
     CommandBus,
@@ -34,8 +35,15 @@ from cqrs_kit.errors import (
     UsageError,
 )
 from cqrs_kit.events import Event, EventMetadata, EventRegistry, NewEvent, RecordedEvent
+from cqrs_kit.leases import LeaseManager
 from cqrs_kit.projections import (
+    Count,
+    Delete,
+    First,
     HandlerProjection,
+    Last,
+    Max,
+    Min,
     PipelineProjection,
     Projection,
     ProjectionApp,
@@ -43,26 +51,37 @@ from cqrs_kit.projections import (
     ProjectionStatus,
     Projector,
     ReadModel,
+    Sum,
+    Upsert,
+    on,
 )
 from cqrs_kit.repository import Repository, StreamStore
 from cqrs_kit.snapshots import Snapshot, SnapshotStore
 from cqrs_kit.store import AppendResult, EventStore, ExpectedVersion
+from cqrs_kit.subscriptions import Backoff, Consumer, Lag, Subscription, measure_lag
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Aggregate",
     "AppendResult",
+    "Backoff",
     "ChangeStreamHistoryLostError",
+    "Checkpoint",
+    "CheckpointStore",
     "Command",
     "CommandBus",
     "CommandError",
     "CommandMetadata",
     "CommandResult",
     "ConcurrencyError",
+    "Consumer",
+    "ConsumerState",
+    "Count",
     "CqrsKitError",
     "DeadLetterNotFoundError",
     "Decider",
+    "Delete",
     "DomainError",
     "DuplicateEventError",
     "Event",
@@ -73,11 +92,17 @@ __all__ = [
     "EventStore",
     "EventTooLargeError",
     "ExpectedVersion",
+    "First",
     "HandlerNotFoundError",
     "HandlerProjection",
     "IndeterminateCommitError",
     "InvalidStreamIdError",
+    "Lag",
+    "Last",
     "LeaseLostError",
+    "LeaseManager",
+    "Max",
+    "Min",
     "NewEvent",
     "PatternError",
     "PipelineProjection",
@@ -97,9 +122,14 @@ __all__ = [
     "SnapshotStore",
     "StoreError",
     "StreamStore",
+    "Subscription",
+    "Sum",
     "TransientStoreError",
     "UnknownEventTypeError",
+    "Upsert",
     "UsageError",
     "applies",
     "derive_event_id",
+    "measure_lag",
+    "on",
 ]

@@ -4,7 +4,7 @@
 
     cqrs-kit projections list    [--json]
     cqrs-kit projections status  [NAME...] [--json]
-    cqrs-kit projections run     [NAME...] [--lease-ttl S] [--batch-size N]
+    cqrs-kit projections run     [NAME...] [--lease-ttl S] [--batch-size N] [--metrics-port P]
     cqrs-kit projections rebuild NAME [--drop-grace S] [--no-progress]
     cqrs-kit projections reset   NAME --yes
 
@@ -107,6 +107,62 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--app-dir", default=".", help="directory put on sys.path before importing (default: .)"
     )
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of long-running commands: metrics port and address, logging."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (needs cqrs-kit[metrics])",
+    )
+    parser.add_argument(
+        "--metrics-addr", default="0.0.0.0", metavar="ADDR", help="(default: 0.0.0.0)"
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the lag and state gauges are refreshed (default: 5)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line with correlation, trace and event fields",
+    )
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log to stderr as ``--log-format`` says, unless the process configured logging itself."""
+    from cqrs_kit.logs import configure_logging
+
+    if not logging.getLogger().handlers:
+        configure_logging(json_format=args.log_format == "json", level=args.log_level.upper())
+
+
+def start_metrics(args: argparse.Namespace) -> bool:
+    """Serve ``/metrics`` when ``--metrics-port`` is given; returns whether it does.
+
+    Raises:
+        UsageError: The ``metrics`` extra is not installed.
+        CliError: The port cannot be bound.
+    """
+    if args.metrics_port is None:
+        return False
+    from cqrs_kit.metrics import serve_metrics
+
+    try:
+        serve_metrics(args.metrics_port, addr=args.metrics_addr)
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {exc}"
+        ) from exc
+    log.info("serving metrics at http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
+    return True
 
 
 def redact(uri: str) -> str:
@@ -247,7 +303,7 @@ def _register_projections(subparsers: Any) -> None:
     run.add_argument(
         "--handover-poll", type=float, default=1.0, help="rebuild check period (default: 1)"
     )
-    run.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    add_runner_options(run)
     run.set_defaults(handler=_run)
 
     rebuild = commands.add_parser("rebuild", help="rebuild into a new collection, then swap")
@@ -356,18 +412,14 @@ def _status(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     app = _load(args)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    setup_logging(args)
 
     async def command() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        serving = start_metrics(args)
         options = {
             "lease_ttl": args.lease_ttl,
             "batch_size": args.batch_size,
@@ -377,7 +429,13 @@ def _run(args: argparse.Namespace) -> int:
         async with _runner(args, app, **options) as runner:
             names = args.names or sorted(runner.projections)
             log.info("running %s as %s", ", ".join(names), runner.leases.owner)
-            await runner.run(stop, names)
+            jobs = [runner.run(stop, names)]
+            if serving:  # keep the lag and state gauges fresh for the scraper
+                from cqrs_kit.status import StatusReader
+
+                reader = StatusReader(runner.store, projections=runner)
+                jobs.append(reader.report(stop, interval=args.status_interval))
+            await asyncio.gather(*jobs)
         log.info("stopped")
         return EXIT_OK
 

@@ -128,6 +128,7 @@ class LeaseManager:
             if not lost.is_set():
                 with contextlib.suppress(TransientStoreError):
                     await self.release(name)
+                    get_metrics().record_lease_change(name, "released")
 
     async def _wait_for(self, name: str, stop: asyncio.Event | None) -> LeaseInfo | None:
         announced = False

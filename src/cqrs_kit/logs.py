@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cqrs_kit.tracing import current_trace
+from cqrs_kit.tracing import current_trace, from_headers, span, spans_recorded, use_trace
+
+if TYPE_CHECKING:
+    from cqrs_kit.events import RecordedEvent
 
 #: Fields bound by the library, in the order the JSON formatter writes them.
 CONTEXT_FIELDS = (
@@ -46,6 +49,53 @@ def log_context(**fields: Any) -> Iterator[None]:
     token = _context.set(merged)
     try:
         yield
+    finally:
+        _context.reset(token)
+
+
+@contextmanager
+def event_context(event: RecordedEvent, *, consumer: str, traced: bool = True) -> Iterator[None]:
+    """The context of a consumer handling ``event``: its fields on log records, its trace current.
+
+    Binds the event's correlation and causation ids, stream id, position, id and
+    type and the consumer's name; makes the ``traceparent`` stored in the
+    event's metadata the current trace, so the handler's log records and
+    OpenTelemetry spans join the trace of the request that caused the event.
+
+    Args:
+        event: The event being handled.
+        consumer: The projection or subscriber key (``projection:<name>``, ``subscriber:<id>``).
+        traced: Also open an OpenTelemetry span for the handling (when an SDK is configured).
+    """
+    # Projectors enter this once per event: one dict and one context-variable set,
+    # rather than nested log_context() calls.
+    metadata = event.metadata
+    fields = {
+        **_context.get(),
+        "consumer": consumer,
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "stream_id": event.stream_id,
+        "position": event.position,
+    }
+    if metadata.correlation_id is not None:
+        fields["correlation_id"] = metadata.correlation_id
+    if metadata.causation_id is not None:
+        fields["causation_id"] = metadata.causation_id
+    token = _context.set(fields)
+    try:
+        with use_trace(from_headers(metadata.headers) if metadata.headers else None):
+            if not (traced and spans_recorded()):
+                yield
+                return
+            attributes: dict[str, str | int] = {
+                "cqrs.consumer": consumer,
+                "cqrs.event_type": event.event_type,
+                "cqrs.stream_id": event.stream_id,
+                "cqrs.position": event.position,
+            }
+            with span(f"handle {event.event_type}", attributes):
+                yield
     finally:
         _context.reset(token)
 

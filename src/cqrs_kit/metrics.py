@@ -22,6 +22,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+#: The values of ``cqrs_kit.checkpoints.ConsumerState`` (not imported: this module has no deps).
+_STATES = ("stopped", "catching_up", "running", "faulted", "rebuilding")
 
 
 def stream_category(stream_id: str) -> str:
@@ -94,8 +96,24 @@ class Metrics:
             registry=reg,
         )  # fmt: skip
         self.lease_changes = _prom.Counter(
-            "cqrs_lease_changes", "Leases acquired or lost.", ["lease", "change"], registry=reg
+            "cqrs_lease_changes", "Leases acquired, released or lost.", ["lease", "change"],
+            registry=reg,
+        )  # fmt: skip
+        self.state = _prom.Gauge(
+            "cqrs_consumer_state",
+            "1 for the consumer's current state (stopped, catching_up, running, faulted, "
+            "rebuilding), 0 for the others.",
+            ["consumer", "state"],
+            registry=reg,
         )
+        self.dead_letters_waiting = _prom.Gauge(
+            "cqrs_dead_letters_waiting", "Dead letters stored and not yet retried or discarded.",
+            ["consumer"], registry=reg,
+        )  # fmt: skip
+        self.parked = _prom.Gauge(
+            "cqrs_consumer_parked", "Events parked for a retry or held back behind one.",
+            ["consumer"], registry=reg,
+        )  # fmt: skip
 
     def record_append(self, stream_id: str, events: int, seconds: float) -> None:
         """Count one append of ``events`` events that took ``seconds``."""
@@ -138,9 +156,35 @@ class Metrics:
             self.dead_letters.labels(consumer).inc()
 
     def record_lease_change(self, lease: str, change: str) -> None:
-        """Count a lease ``acquired`` or ``lost``."""
+        """Count a lease ``acquired``, ``released`` or ``lost``."""
         if self.enabled:
             self.lease_changes.labels(lease, change).inc()
+
+    def record_status(
+        self, consumer: str, state: str, *, position: int, dead_letters: int, parked: int
+    ) -> None:
+        """Set a consumer's state, position, waiting dead letters and parked events."""
+        if not self.enabled:
+            return
+        for known in _STATES:
+            self.state.labels(consumer, known).set(1 if known == state else 0)
+        self.position.labels(consumer).set(position)
+        self.dead_letters_waiting.labels(consumer).set(dead_letters)
+        self.parked.labels(consumer).set(parked)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry in the format an HTTP ``Accept`` header asks for, and its content type.
+
+        Prometheus text format by default; OpenMetrics when the scraper asks for it.
+        Without the extra, empty text.
+        """
+        if not self.enabled:
+            return b"", "text/plain; charset=utf-8"
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept or "")
+        data: bytes = encoder(self.registry)
+        return data, content_type
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (empty without the extra)."""

@@ -58,19 +58,19 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 from cqrs_kit._mongo import DuplicateKey, MongoCollection, MongoDatabase, WriteOp, adapt
-from cqrs_kit.checkpoints import CheckpointStore, ConsumerState
+from cqrs_kit.checkpoints import CheckpointStore
 from cqrs_kit.errors import ProjectionError, TransientStoreError, UsageError
 from cqrs_kit.events import Event, EventRegistry, RecordedEvent
 from cqrs_kit.leases import LeaseManager
+from cqrs_kit.logs import event_context
+from cqrs_kit.status import Clock, projection_statuses
+from cqrs_kit.status import ProjectionStatus as ProjectionStatus  # re-exported
 from cqrs_kit.store import EventStore
-from cqrs_kit.subscriptions import Backoff, Subscription, measure_lag
+from cqrs_kit.subscriptions import Backoff, Subscription
 
 if TYPE_CHECKING:
     from cqrs_kit.rebuild import RebuildResult
@@ -950,6 +950,10 @@ class Projector:
             if self._on_failure is not None and isinstance(exc, Exception):
                 self._on_failure(exc)
             raise
+        if events and log.isEnabledFor(logging.DEBUG):
+            for recorded in events:
+                with event_context(recorded, consumer=self.name, traced=False):
+                    log.debug("%s: applied %s", self.name, recorded.event_type)
         if self._on_batch is not None:
             self._on_batch(BatchApplied(len(events), up_to))
 
@@ -1037,7 +1041,11 @@ class Projector:
         # Handlers run once per batch; the guarded write may be retried.
         per_doc: dict[Hashable, tuple[Any, list[tuple[int, Update]]]] = {}
         for recorded in events:
-            for update in await projection.updates_for(recorded):
+            # The handler runs in the event's context: its log records and spans
+            # join the trace of the command that recorded the event.
+            with event_context(recorded, consumer=self.name):
+                updates = await projection.updates_for(recorded)
+            for update in updates:
                 entry = per_doc.setdefault(_freeze(update.id), (update.id, []))
                 entry[1].append((recorded.position, update))
         if not per_doc:
@@ -1225,73 +1233,6 @@ class Projector:
             await self._write(ops, 0, session)
 
         await self._with_retries(attempt, session)
-
-
-# -- status -------------------------------------------------------------------------------
-
-
-class ProjectionFault(BaseModel):
-    """The error a projection is stuck on."""
-
-    model_config = ConfigDict(frozen=True)
-
-    message: str
-    position: int
-    event_id: str | None
-    attempts: int
-    at: datetime
-
-
-class RebuildStatus(BaseModel):
-    """A rebuild in progress (or abandoned: ``owner`` is ``None`` when nobody holds it)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    version: int
-    collection: str
-    position: int
-    state: str
-    owner: str | None
-
-
-class ProjectionStatus(BaseModel):
-    """Everything an operator asks about one projection (CLI and HTTP status share it).
-
-    Attributes:
-        name: Projection name.
-        kind: ``pipeline`` or ``handler``.
-        state: ``stopped``, ``catching_up``, ``running``, ``faulted`` or ``rebuilding``.
-        position: Last position applied to the read model.
-        head: The event log's head position.
-        lag_events: ``head - position``.
-        lag_seconds: Age of the oldest event not yet applied (0 when caught up).
-        owner: The runner holding the projection's lease, if any.
-        read_model: The physical collection readers are served from.
-        version: Its version number.
-        last_error: The error it is stopped at, if faulted.
-        rebuild: A rebuild in progress, if any.
-        updated_at: When the runner last recorded anything.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    kind: str
-    state: str
-    position: int
-    head: int
-    lag_events: int
-    lag_seconds: float
-    owner: str | None
-    read_model: str
-    version: int
-    last_error: ProjectionFault | None = None
-    rebuild: RebuildStatus | None = None
-    updated_at: datetime | None = None
-
-
-def _ts(seconds: Any) -> datetime | None:
-    return datetime.fromtimestamp(float(seconds), UTC) if seconds else None
 
 
 # -- the application object and the runner ------------------------------------------------
@@ -1500,60 +1441,15 @@ class ProjectionRunner:
                         break
         sub_stop.set()
 
-    async def status(self, names: Iterable[str] | None = None) -> list[ProjectionStatus]:
-        """The status of projections (all, or ``names``), read from the database."""
-        out: list[ProjectionStatus] = []
-        for name in names if names is not None else sorted(self.projections):
-            projection = self.get(name)
-            key = projection_key(name)
-            location = await locate(self.checkpoints, key, name, create=False)
-            doc = await self.checkpoints.collection.find_one({"_id": key}) or {}
-            lease = await self.leases.holder(key)
-            state = str(doc.get("state", ConsumerState.STOPPED.value))
-            if lease is None and state in (ConsumerState.RUNNING, ConsumerState.CATCHING_UP):
-                state = ConsumerState.STOPPED.value  # recorded by a runner that has died
-            lag = await measure_lag(self.store, location.position)
-            error = doc.get("error")
-            fault = None
-            if error:
-                fault = ProjectionFault(
-                    message=error["message"],
-                    position=error["position"],
-                    event_id=error.get("event_id"),
-                    attempts=error.get("attempts", 0),
-                    at=_ts(error.get("at")) or datetime.now(UTC),
-                )
-            rebuild = None
-            shadow = await self.checkpoints.collection.find_one({"_id": f"{key}:rebuild"})
-            if shadow and shadow.get("read_model"):
-                holder = await self.leases.holder(f"{key}:rebuild")
-                rebuild = RebuildStatus(
-                    version=int(shadow["read_model"]["version"]),
-                    collection=str(shadow["read_model"]["collection"]),
-                    position=int(shadow.get("position", 0)),
-                    state=str(shadow.get("state", ConsumerState.REBUILDING.value)),
-                    owner=holder.owner if holder else None,
-                )
-                if holder is not None and state != ConsumerState.FAULTED:
-                    state = ConsumerState.REBUILDING.value if lease is None else state
-            out.append(
-                ProjectionStatus(
-                    name=name,
-                    kind=projection.kind,
-                    state=state,
-                    position=location.position,
-                    head=lag.head,
-                    lag_events=lag.events,
-                    lag_seconds=round(lag.seconds, 3),
-                    owner=lease.owner if lease else None,
-                    read_model=location.collection,
-                    version=location.version,
-                    last_error=fault,
-                    rebuild=rebuild,
-                    updated_at=_ts(doc.get("updated_at")),
-                )
-            )
-        return out
+    async def status(
+        self, names: Iterable[str] | None = None, *, clock: Clock | None = None
+    ) -> list[ProjectionStatus]:
+        """The status of projections (all, or ``names``), read from the database.
+
+        See :func:`cqrs_kit.status.projection_statuses`; ``clock`` is where lag
+        gets the current time (default: the system clock).
+        """
+        return await projection_statuses(self, names, clock=clock)
 
     async def rebuild(self, name: str, **options: Any) -> RebuildResult:
         """Rebuild ``name`` without downtime (see :func:`cqrs_kit.rebuild.rebuild`)."""

@@ -85,6 +85,8 @@ def current_trace() -> TraceContext | None:
 
 def from_headers(headers: Mapping[str, str]) -> TraceContext | None:
     """Read a trace context from HTTP or event metadata headers (case-insensitive)."""
+    if TRACEPARENT in headers:  # the spelling the library writes: no need to fold case
+        return TraceContext.parse(headers[TRACEPARENT], headers.get(TRACESTATE))
     lowered = {k.lower(): v for k, v in headers.items()}
     return TraceContext.parse(lowered.get(TRACEPARENT), lowered.get(TRACESTATE))
 
@@ -102,15 +104,82 @@ def use_trace(trace: TraceContext | None) -> Iterator[TraceContext | None]:
         _current.reset(token)
 
 
+@contextmanager
+def continue_trace(
+    traceparent: str | None, tracestate: str | None = None
+) -> Iterator[TraceContext | None]:
+    """Join the trace of an incoming request for the body.
+
+    A trace that is already current (an OpenTelemetry server span, or an outer
+    :func:`use_trace`) wins, since it is the request's own span; otherwise the
+    request's ``traceparent`` (and ``tracestate``) headers become current.
+    """
+    current = current_trace()
+    if current is not None:
+        yield current
+        return
+    with use_trace(TraceContext.parse(traceparent, tracestate)) as trace:
+        yield trace
+
+
+def spans_recorded() -> bool:
+    """Whether :func:`span` records anything (an OpenTelemetry SDK provider is configured)."""
+    return _otel_tracer() is not None
+
+
+@contextmanager
+def span(name: str, attributes: Mapping[str, str | int] | None = None) -> Iterator[None]:
+    """An OpenTelemetry span around the body, child of the current trace (no-op without OTel)."""
+    tracer = _otel_tracer()
+    if tracer is None:
+        yield
+        return
+    with tracer.start_as_current_span(name, attributes=dict(attributes or {})):
+        yield
+
+
 # -- optional OpenTelemetry bridge ---------------------------------------------------------
+
+_api: list[Any] = []  # [(opentelemetry.context, opentelemetry.trace)] or [None], looked up once
+_tracer: list[Any] = []  # the tracer, once an SDK's provider is configured
+
+
+def _otel() -> Any:
+    if not _api:
+        try:
+            from opentelemetry import context as otel_context
+            from opentelemetry import trace as otel_trace
+        except ImportError:
+            _api.append(None)
+        else:
+            _api.append((otel_context, otel_trace))
+    return _api[0]
+
+
+def _otel_tracer() -> Any:
+    """The library's tracer, or ``None`` until an OpenTelemetry SDK provider is configured.
+
+    Without an SDK the API's spans record nothing yet cost tens of microseconds
+    each, which a projector pays per event: so no spans are started then.
+    """
+    if _tracer:
+        return _tracer[0]
+    api = _otel()
+    if api is None:
+        return None
+    otel_trace = api[1]
+    provider = otel_trace.get_tracer_provider()
+    if isinstance(provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider):
+        return None
+    _tracer.append(provider.get_tracer("cqrs_kit"))
+    return _tracer[0]
 
 
 def _otel_current() -> TraceContext | None:
-    try:
-        from opentelemetry import trace as otel_trace
-    except ImportError:
+    api = _otel()
+    if api is None:
         return None
-    span_context = otel_trace.get_current_span().get_span_context()
+    span_context = api[1].get_current_span().get_span_context()
     if not span_context.is_valid:
         return None
     return TraceContext(
@@ -121,16 +190,20 @@ def _otel_current() -> TraceContext | None:
 
 
 def _otel_attach(trace: TraceContext) -> Any:
-    try:
-        from opentelemetry import context as otel_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-    except ImportError:
+    api = _otel()
+    if api is None:
         return None
-    ctx = TraceContextTextMapPropagator().extract(trace.headers())
-    return otel_context.attach(ctx)
+    otel_context, otel_trace = api
+    state = otel_trace.TraceState.from_header([trace.state]) if trace.state else None
+    remote = otel_trace.SpanContext(
+        trace_id=int(trace.trace_id, 16),
+        span_id=int(trace.span_id, 16),
+        is_remote=True,
+        trace_flags=otel_trace.TraceFlags(int(trace.flags, 16)),
+        trace_state=state,
+    )
+    return otel_context.attach(otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(remote)))
 
 
 def _otel_detach(token: Any) -> None:
-    from opentelemetry import context as otel_context
-
-    otel_context.detach(token)
+    _otel()[0].detach(token)

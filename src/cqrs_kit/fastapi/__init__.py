@@ -7,6 +7,7 @@ Install the extra first: ``pip install 'cqrs-kit[fastapi]'``. Then::
     app.include_router(command_router(bus, auth=authenticate), prefix="/commands")
     app.include_router(query_router(db, [orders], auth=authenticate), prefix="/queries")
     app.include_router(feed_router(store, auth=authenticate))
+    app.include_router(operations_router(store, projections=runner, max_lag={"*": 60}))
 
 The command and query routers are independent ``APIRouter`` objects: mount
 them in one app, or in different apps, processes and scaling groups.
@@ -24,6 +25,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from cqrs_kit.fastapi.auth import AuthDependency, Principal
 from cqrs_kit.fastapi.commands import CommandAccepted, CommandEndpoint, command_router
 from cqrs_kit.fastapi.feed import feed_router
+from cqrs_kit.fastapi.operations import (
+    LagThreshold,
+    NotReadyProblem,
+    Readiness,
+    ReadinessCheck,
+    operations_router,
+)
 from cqrs_kit.fastapi.problems import (
     PROBLEM_MEDIA_TYPE,
     ConcurrencyProblem,
@@ -54,14 +62,19 @@ __all__ = [
     "FieldError",
     "Filter",
     "LagProblem",
+    "LagThreshold",
+    "NotReadyProblem",
     "Page",
     "Principal",
     "Problem",
     "ProblemError",
     "ReadModelSpec",
+    "Readiness",
+    "ReadinessCheck",
     "ValidationProblem",
     "command_router",
     "feed_router",
     "install_problem_handlers",
+    "operations_router",
     "query_router",
 ]

@@ -49,6 +49,7 @@ from cqrs_kit.fastapi.problems import (
     problem_responses,
     snake_case,
 )
+from cqrs_kit.tracing import TRACEPARENT, TRACESTATE, continue_trace
 
 #: Namespace of command ids derived from idempotency keys.
 IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6b1c5a8e-3f0d-5b57-9a51-8f8cbbd0c1a4")
@@ -332,7 +333,9 @@ def _add_route(
             raise RequestValidationError(
                 [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
             ) from None
-        result = await bus.dispatch(command)
+        # The request's W3C trace context goes into the metadata of the command's events.
+        with continue_trace(request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE)):
+            result = await bus.dispatch(command)
         if result.replayed and fingerprint is not None and result.events:
             await _check_fingerprint(bus, result, fingerprint)
         link = _location(template, command, result)

@@ -7,6 +7,8 @@
     cqrs-kit dlq show ENTRY_ID [--json]
     cqrs-kit dlq retry --routes routing.yaml (ENTRY_ID... | --all [filters])
     cqrs-kit dlq discard (ENTRY_ID... | --all [filters]) [--reason TEXT]
+    cqrs-kit worker run routing.yaml [--bus MODULE:ATTR] [--metrics-port P] [--lease-ttl S]
+    cqrs-kit worker status [SUBSCRIBER...] [--routes routing.yaml] [--json]
 
 Exit codes are ``cqrs_kit.cli``'s: 0 success; 1 the operation failed (an
 entry not found, a retry that failed again); 2 invalid input (arguments, a
@@ -17,6 +19,9 @@ routing file); 3 the database could not be reached. The connection options
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import logging
 import os
 import re
 import sys
@@ -31,15 +36,20 @@ from cqrs_kit.cli import (
     EXIT_USAGE,
     CliError,
     add_connection_options,
+    add_runner_options,
     connect,
     database_name,
     print_json,
     print_table,
     run_async,
+    setup_logging,
+    start_metrics,
 )
 from cqrs_kit.errors import DeadLetterNotFoundError, RoutingError, RoutingFileError
 from cqrs_kit.events import EventRegistry
 from cqrs_kit.routing.dlq import DeadLetter, DeadLetterQueue
+
+log = logging.getLogger("cqrs_kit.routing.cli")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -117,6 +127,40 @@ def register(subparsers: Any) -> None:
     discard.add_argument("--reason", help="why, for the log")
     discard.set_defaults(handler=_with_database(_dlq_discard))
 
+    worker = subparsers.add_parser("worker", help="run the subscribers of a routing file")
+    worker_sub = worker.add_subparsers(dest="worker_command", metavar="COMMAND", required=True)
+    run = worker_sub.add_parser(
+        "run", help="run subscribers, process managers and schedules until SIGINT/SIGTERM"
+    )
+    run.add_argument("file", help="the routing YAML file")
+    add_connection_options(run)
+    _app_dir_option(run)
+    _events_option(run)
+    run.add_argument(
+        "--bus",
+        metavar="MODULE:ATTR",
+        help="the CommandBus, or a function of the EventStore returning one (needed by "
+        "process managers and schedules)",
+    )
+    run.add_argument("--lease-ttl", type=float, default=10.0, help="seconds (default: 10)")
+    run.add_argument("--batch-size", type=int, default=50, help="events per read (default: 50)")
+    run.add_argument("--poll-interval", type=float, default=1.0, help="seconds (default: 1)")
+    add_runner_options(run)
+    run.set_defaults(handler=_worker_run)
+
+    status = worker_sub.add_parser(
+        "status", help="position, lag, state, owner, parked events, dead letters, last error"
+    )
+    add_connection_options(status)
+    status.add_argument("ids", nargs="*", metavar="SUBSCRIBER", help="only these subscribers")
+    status.add_argument(
+        "--routes", help="the subscribers of this routing file (default: every one that has run)"
+    )
+    _app_dir_option(status)
+    _events_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_with_database(_worker_status))
+
 
 def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subscriber", help="only this subscriber's entries")
@@ -130,6 +174,12 @@ def _selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("entry_ids", nargs="*", metavar="ENTRY_ID")
     parser.add_argument("--all", action="store_true", help="every entry matching the filters")
     _filter_options(parser)
+
+
+def _events_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--events-collection", default="events", help="the events collection (default: events)"
+    )
 
 
 def _app_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -290,3 +340,112 @@ async def _dlq_discard(args: argparse.Namespace, database: Any) -> int:
             continue
         print(f"{entry.id}: discarded ({entry.event_type} at position {entry.position})")
     return status
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+def _dispatch(spec: str | None, store: Any) -> Any:
+    """The ``dispatch`` of the command bus ``--bus`` names, or ``None``."""
+    if not spec:
+        return None
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"--bus {spec!r} must look like MODULE:ATTR", code=EXIT_USAGE)
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CliError(f"cannot load --bus {spec}: {exc}", code=EXIT_USAGE) from exc
+    if not hasattr(obj, "dispatch") and callable(obj):
+        obj = obj(store)
+    dispatch = getattr(obj, "dispatch", None)
+    if not callable(dispatch):
+        raise CliError(
+            f"--bus {spec}: a {type(obj).__name__} has no dispatch(); it must be a CommandBus "
+            "or a function of the EventStore returning one",
+            code=EXIT_USAGE,
+        )
+    return dispatch
+
+
+def _worker_run(args: argparse.Namespace) -> int:
+    config = _load(args.file, args.app_dir)
+    setup_logging(args)
+
+    async def command() -> int:
+        from cqrs_kit.leases import LeaseManager
+        from cqrs_kit.routing.worker import Worker
+        from cqrs_kit.status import StatusReader
+        from cqrs_kit.store import EventStore
+
+        serving = start_metrics(args)
+        async with connect(args, database_name(args)) as database:
+            registry = config.registry or EventRegistry()
+            store = EventStore(database, registry, collection=args.events_collection)
+            leases = LeaseManager(database, ttl=args.lease_ttl)
+            worker = Worker.from_routing(
+                store,
+                config,
+                dispatch=_dispatch(args.bus, store),
+                leases=leases,
+                batch_size=args.batch_size,
+                poll_interval=args.poll_interval,
+            )
+            await worker.ensure_indexes()
+            names = ", ".join(sorted(worker.runtimes)) or "no subscribers"
+            log.info("running %s as %s", names, leases.owner)
+            stop = asyncio.Event()
+            reporter = None
+            if serving:  # keep the lag and state gauges fresh for the scraper
+                reader = StatusReader(store, subscribers=worker)
+                reporter = asyncio.create_task(reader.report(stop, interval=args.status_interval))
+            try:
+                await worker.serve()
+            finally:
+                stop.set()
+                if reporter is not None:
+                    await reporter
+        log.info("stopped")
+        return EXIT_OK
+
+    return run_async(command)
+
+
+async def _worker_status(args: argparse.Namespace, database: Any) -> int:
+    from cqrs_kit.checkpoints import CheckpointStore
+    from cqrs_kit.status import subscriber_ids, subscriber_statuses
+    from cqrs_kit.store import EventStore
+
+    if args.ids:
+        ids = list(args.ids)
+    elif args.routes:
+        config = _load(args.routes, args.app_dir)
+        ids = sorted([*config.subscribers, *config.process_managers])
+    else:
+        ids = await subscriber_ids(CheckpointStore(database))
+    store = EventStore(database, EventRegistry(), collection=args.events_collection)
+    statuses = await subscriber_statuses(store, ids)
+    if args.json:
+        print_json([s.model_dump(mode="json") for s in statuses], sys.stdout)
+        return EXIT_OK
+    rows = [
+        (
+            s.name,
+            s.state,
+            s.position,
+            s.head,
+            s.lag_events,
+            f"{s.lag_seconds:.1f}",
+            s.owner or "-",
+            s.parked,
+            s.dead_letters,
+            f"at {s.last_error.position}: {s.last_error.message}"[:60] if s.last_error else "-",
+        )
+        for s in statuses
+    ]
+    if rows:
+        headers = ("subscriber", "state", "position", "head", "lag", "lag s", "owner", "parked")
+        print_table(rows, (*headers, "dead letters", "last error"), sys.stdout)
+    else:
+        print("no subscribers have run yet")
+    return EXIT_OK

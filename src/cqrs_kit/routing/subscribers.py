@@ -50,7 +50,7 @@ from cqrs_kit.checkpoints import CheckpointStore, ConsumerState
 from cqrs_kit.errors import TransientStoreError, UsageError
 from cqrs_kit.events import RecordedEvent
 from cqrs_kit.leases import LeaseManager
-from cqrs_kit.logs import log_context
+from cqrs_kit.logs import event_context
 from cqrs_kit.metrics import get_metrics
 from cqrs_kit.routing.dlq import DeadLetter, DeadLetterQueue, recorded_from_document
 from cqrs_kit.routing.handlers import (
@@ -63,7 +63,6 @@ from cqrs_kit.routing.handlers import (
 )
 from cqrs_kit.store import EventStore
 from cqrs_kit.subscriptions import Subscription
-from cqrs_kit.tracing import from_headers, use_trace
 
 log = logging.getLogger("cqrs_kit.routing.subscribers")
 
@@ -526,18 +525,7 @@ class SubscriberRuntime:
             log.info("%s: event %s already %s; not delivered again", self.name, key, state.value)
             return state, attempt, None
         delivery = Delivery(self.subscriber.id, event, attempt, key)
-        trace = from_headers(event.metadata.headers)
-        with (
-            log_context(
-                consumer=self.name,
-                event_id=str(event.event_id),
-                event_type=event.event_type,
-                stream_id=event.stream_id,
-                position=event.position,
-                correlation_id=event.metadata.correlation_id,
-            ),
-            use_trace(trace),
-        ):
+        with event_context(event, consumer=self.name):
             try:
                 await self.subscriber.invoke(event, delivery)
             except asyncio.CancelledError:
@@ -662,15 +650,16 @@ class SubscriberRuntime:
         )
         await self.idempotency.finish(self._key(event), ClaimState.DEAD)
         self._metrics.record_dead_letter(self.name)
-        log.error(
-            "%s: event %s (%s) dead-lettered after %d attempts: %s: %s",
-            self.name,
-            event.event_id,
-            event.event_type,
-            attempts,
-            error_type,
-            message,
-        )
+        with event_context(event, consumer=self.name, traced=False):
+            log.error(
+                "%s: event %s (%s) dead-lettered after %d attempts: %s: %s",
+                self.name,
+                event.event_id,
+                event.event_type,
+                attempts,
+                error_type,
+                message,
+            )
 
     async def redeliver(self, entry: DeadLetter) -> Failure | None:
         """Deliver a dead letter's event once more; ``None`` on success.
