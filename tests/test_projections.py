@@ -417,6 +417,47 @@ async def test_fault_stops_one_projection_at_the_event_and_recovers(
         }
 
 
+async def test_an_undecodable_stored_event_stops_the_projection_until_repaired(
+    event_store: EventStore, mongo_database: Any
+) -> None:
+    await event_store.append("item-a", [StockAdded(sku="a", category="c", quantity=2)])
+    bad = await event_store.append("item-b", [StockAdded(sku="b", category="c", quantity=3)])
+    await event_store.append("item-a", [StockAdded(sku="a", category="c", quantity=4)])
+    commits = mongo_database[event_store.collection_name]
+    stored = await commits.find_one({"position": bad.position})
+
+    async def store_quantity(quantity: Any) -> None:
+        # Rewrite the stored payload, as a bad migration or a hand edit would.
+        stored["events"][0]["data"]["quantity"] = quantity
+        await commits.replace_one({"_id": stored["_id"]}, stored)
+
+    await store_quantity("x")
+    runner = make_runner(event_store, [StockLevels()])
+    async with running(runner):
+
+        async def faulted() -> bool:
+            (status,) = await runner.status()
+            return status.state == ConsumerState.FAULTED
+
+        await wait_until(faulted)
+        (status,) = await runner.status()
+        assert status.last_error is not None
+        assert status.last_error.position == bad.position
+        assert "EventDecodingError" in status.last_error.message
+        assert status.position == bad.position - 1, "never skipped"
+        assert await ReadModel(mongo_database, "stock_levels").get("b") is None
+
+        await store_quantity(3)
+
+        async def caught_up() -> bool:
+            (status,) = await runner.status()
+            return status.position == 3 and status.state == ConsumerState.RUNNING
+
+        await wait_until(caught_up)
+    levels = await snapshot(mongo_database, "stock_levels")
+    assert [(d["_id"], d["available"]) for d in levels] == [("a", 6), ("b", 3)]
+
+
 # -- leases ---------------------------------------------------------------------------------
 
 
