@@ -78,8 +78,8 @@ class CountingStore:
             self.read += 1
             yield recorded
 
-    async def find_commit(self, event_id: uuid.UUID) -> AppendResult | None:
-        return await self.inner.find_commit(event_id)
+    async def find_commit(self, event_id: uuid.UUID, *, first: bool = False) -> AppendResult | None:
+        return await self.inner.find_commit(event_id, first=first)
 
 
 def snapshotting(every: int, *, schema: int = 1) -> type[Account]:

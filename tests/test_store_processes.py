@@ -356,7 +356,9 @@ async def gated_stores(
     try:
         direct = EventStore(client[database_name], REGISTRY)
         await direct.ensure_indexes()
-        yield GatedStores(direct, EventStore(gated_client[database_name], REGISTRY), gate)
+        gated = EventStore(gated_client[database_name], REGISTRY)
+        await gated.ensure_indexes()  # its setup reads pass the gate before any test cuts it
+        yield GatedStores(direct, gated, gate)
     finally:
         await gated_client.close()
         await gate.close()

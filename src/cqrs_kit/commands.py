@@ -389,7 +389,9 @@ class CommandBus:
         first_id = derive_event_id(command.command_id, 0)
         # Applied before? Then answer with that result, whatever the stream looks like
         # now: running the handler again against newer state could decide differently.
-        earlier = await self.store.find_commit(first_id)
+        # A command's events are stored as one append, so its first event id is the
+        # commit's primary key.
+        earlier = await self.store.find_commit(first_id, first=True)
         if earlier is not None:
             return await self._replay(command, earlier)
         attempt = 0
@@ -409,7 +411,7 @@ class CommandBus:
             except DuplicateEventError:
                 # A concurrent copy of this command stored a batch that differs from
                 # ours (a handler that is not deterministic); the first one stands.
-                earlier = await self.store.find_commit(first_id)
+                earlier = await self.store.find_commit(first_id, first=True)
                 if earlier is None:
                     raise
                 return await self._replay(command, earlier)

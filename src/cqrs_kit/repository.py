@@ -57,8 +57,12 @@ class StreamStore(Protocol):
         """Yield a stream's events in version order from ``from_version``."""
         ...
 
-    async def find_commit(self, event_id: uuid.UUID) -> AppendResult | None:
-        """The result of the append that stored ``event_id``, if any."""
+    async def find_commit(self, event_id: uuid.UUID, *, first: bool = False) -> AppendResult | None:
+        """The result of the append that stored ``event_id``, if any.
+
+        ``first=True`` promises that ``event_id`` can only have been stored as the
+        first event of an append, which lets a store answer with a key lookup.
+        """
         ...
 
 

@@ -174,6 +174,10 @@ class EventStore:
         # Whether the server enforces the unique multikey index on event_ids; probed
         # on first need (see _server_refuses_reused_ids).
         self._refuses_reused_ids: bool | None = None
+        # Appends through one store take their positions in turn: concurrent ones
+        # would all aim at the same next position, and all but one would collide and
+        # pay a re-read. Other processes still race, and the unique index decides.
+        self._writer = asyncio.Lock()
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store's guarantees rest on (idempotent)."""
@@ -185,6 +189,8 @@ class EventStore:
         # is refused by the server, not only a reused first id.
         await self._commits.create_index([("event_ids", 1)], name="event_ids_unique", unique=True)
         await self._commits.create_index([("types", 1), ("position", 1)], name="types_position")
+        # Learn now, not on the first append, whether the server enforces that index.
+        await self._server_refuses_reused_ids()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -246,17 +252,30 @@ class EventStore:
             for n, item in enumerate(pending)
         ]
 
-        if caller_ids and (len(ids) > 1 or not await self._server_refuses_reused_ids()):
+        if caller_ids and not await self._server_refuses_reused_ids():
             # The _id index catches a retried append by its first id. Any other reused
             # id (a later one of a batch, or a single event's id stored inside another
             # batch) is refused by the unique index on event_ids where the server
-            # enforces unique multikey indexes (MongoDB does); this check also
-            # catches it on backends that do not (nx-27017, mongomock).
+            # enforces unique multikey indexes (MongoDB does), and the collision is
+            # then told apart below, after the insert. This check is for backends that
+            # do not enforce it (nx-27017, mongomock).
             original = await self._find_original(stream_id, ids)
             if original is not None:
                 return original
 
         started = time.perf_counter()
+        async with self._writer:
+            return await self._insert(stream_id, expected, ids, bodies, started)
+
+    async def _insert(
+        self,
+        stream_id: str,
+        expected: int | None,
+        ids: Sequence[str],
+        bodies: list[dict[str, Any]],
+        started: float,
+    ) -> AppendResult:
+        """Claim the next position and insert the commit, retrying lost races."""
         fresh = False  # whether to re-read both heads instead of trusting the hints
         for attempt in range(self._max_attempts):
             actual, first_position = await self._plan(stream_id, expected, fresh)
@@ -421,18 +440,28 @@ class EventStore:
             replayed=True,
         )
 
-    async def find_commit(self, event_id: uuid.UUID) -> AppendResult | None:
+    async def find_commit(self, event_id: uuid.UUID, *, first: bool = False) -> AppendResult | None:
         """Return the result of the append that stored ``event_id``, if one did.
 
         The answer has ``replayed=True`` and describes the whole append the event
         was part of. A command bus uses it to recognise a command it already
         applied: the ids of a command's events are derived from the command id.
+
+        Args:
+            event_id: The event to look for.
+            first: The caller knows ``event_id`` can only have been stored as the
+                first event of an append (as a command's first event is); one
+                primary-key read then answers.
         """
         key = str(event_id)
         fields = {"stream_id": 1, "to_version": 1, "position": 1, "last_position": 1}
         commit = await self._commits.find_one({"_id": key}, projection=fields)
+        if commit is None and first:
+            return None
         if commit is None:
-            commit = await self._commits.find_one({"event_ids": key}, projection=fields)
+            # $in rather than plain equality: the same on MongoDB, and some
+            # wire-compatible servers do not match equality on a multikey index.
+            commit = await self._commits.find_one({"event_ids": {"$in": [key]}}, projection=fields)
             if commit is None:
                 return None
         return AppendResult(

@@ -163,10 +163,12 @@ class InMemoryEventStore:
                 _ = recorded.event
             yield recorded
 
-    async def find_commit(self, event_id: uuid.UUID) -> AppendResult | None:
+    async def find_commit(self, event_id: uuid.UUID, *, first: bool = False) -> AppendResult | None:
         """The result of the append that stored ``event_id``, if any."""
         commit = self._commits.get(event_id)
-        return commit.result if commit is not None else None
+        if commit is None or (first and commit.ids[0] != event_id):
+            return None
+        return commit.result
 
     async def stream_version(self, stream_id: str) -> int:
         """The current version of a stream (0 if it does not exist)."""

@@ -240,6 +240,31 @@ class EventStoreContract:
         with pytest.raises(DuplicateEventError):
             await event_store.append("a", [event, event])
 
+    async def test_an_id_from_inside_an_earlier_batch_is_refused(
+        self, event_store: EventStore
+    ) -> None:
+        a, b, c = (NewEvent(ContractDeposited(amount=Decimal(n))) for n in ("1", "2", "3"))
+        await event_store.append("acct", [a, b])
+        with pytest.raises(DuplicateEventError):
+            await event_store.append("acct", [c, b])
+        with pytest.raises(DuplicateEventError):
+            await event_store.append("other", [b])
+        assert [r.event_id for r in await _collect(event_store.read_all())] == [
+            a.event_id,
+            b.event_id,
+        ]
+
+    async def test_find_commit_by_any_event_or_by_the_first(self, event_store: EventStore) -> None:
+        a, b = (NewEvent(ContractDeposited(amount=Decimal(n))) for n in ("1", "2"))
+        stored = await event_store.append("acct", [a, b])
+        for event_id in (a.event_id, b.event_id):
+            found = await event_store.find_commit(event_id)
+            assert found is not None
+            assert (found.version, found.position, found.replayed) == (2, stored.position, True)
+        assert await event_store.find_commit(a.event_id, first=True) is not None
+        assert await event_store.find_commit(b.event_id, first=True) is None
+        assert await event_store.find_commit(uuid.uuid4()) is None
+
     # -- scenario 14: bad input ---------------------------------------------------------------
 
     @pytest.mark.parametrize("stream_id", ["", "   ", None, 42, "a\x00b", "x" * 600])
