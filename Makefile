@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo serve test lint types pytest browser bench clean
+.PHONY: install demo serve test lint types docs pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,9 +35,17 @@ browser:
 pytest: $(STAMP) browser
 	$(BIN)/pytest
 
-test: lint types pytest
+# The documentation site; --strict turns broken links and anchors into failures.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-bench: $(STAMP)
+test: lint types docs pytest
+
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,docs,bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py
 
 clean:
