@@ -1,10 +1,10 @@
 """Aggregates: consistency boundaries whose state is rebuilt from their own events.
 
-An :class:`Aggregate` owns a pydantic *state* model and a stream of events.
+An `Aggregate` owns a pydantic *state* model and a stream of events.
 Command methods check the rules against the state and, when they decide that
 something happened, ``record`` an event; recording applies the event to the
 state at once and queues it for saving. Loading replays the stored events
-through the same handlers, so the state is only ever changed by events::
+through the same handlers, so the state is only ever changed by events:
 
     class AccountState(BaseModel):
         opened: bool = False
@@ -24,8 +24,8 @@ through the same handlers, so the state is only ever changed by events::
             self.state.balance += event.amount
 
 Each event class has exactly one handler, found by the ``@applies`` decorator
-when the class is created (two handlers for one event is a :class:`UsageError`
-right there; a missing one is a :class:`UsageError` naming the method to add
+when the class is created (two handlers for one event is a `UsageError`
+right there; a missing one is a `UsageError` naming the method to add
 when such an event is applied). Because ``applies(E)`` types the handler as
 ``(self, E) -> None``, mypy rejects a handler whose parameter is another
 event class.
@@ -34,7 +34,7 @@ The state model doubles as the snapshot format (``model_dump(mode="json")``
 and back), so an aggregate's state must consist of fields; bump
 ``snapshot_version`` whenever the state's shape or meaning changes.
 
-For those who prefer plain functions, :class:`Decider` is the functional
+For those who prefer plain functions, `Decider` is the functional
 form of the same idea: ``decide(command, state) -> events`` and
 ``evolve(state, event) -> state`` from an ``initial_state``.
 """
@@ -70,7 +70,7 @@ def applies(event_type: type[E]) -> Callable[[Callable[[A, E], None]], Callable[
             parameter must accept it (mypy checks this).
 
     Raises:
-        UsageError: ``event_type`` is not an :class:`Event` subclass, or the
+        UsageError: ``event_type`` is not an `Event` subclass, or the
             method already applies another event type.
     """
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
@@ -245,14 +245,14 @@ class Aggregate(Generic[S]):
     def snapshot_state(self) -> dict[str, Any]:
         """The state in the JSON-compatible form a snapshot stores.
 
-        Override together with :meth:`state_from_snapshot` when the state needs
+        Override together with `state_from_snapshot` when the state needs
         a custom stored form.
         """
         return self.state.model_dump(mode="json")
 
     @classmethod
     def state_from_snapshot(cls, data: Mapping[str, Any]) -> S:
-        """Rebuild the state from what :meth:`snapshot_state` returned.
+        """Rebuild the state from what `snapshot_state` returned.
 
         Raises:
             pydantic.ValidationError: The data does not fit the current state model.
@@ -344,7 +344,7 @@ class Decider(Generic[C_contra, T]):
     ``DomainError`` to refuse), ``evolve`` folds one event into the state, and
     ``initial_state`` is the state of an empty stream. All three must be pure:
     the command bus may call ``decide`` again after a concurrency conflict.
-    Register one with :meth:`cqrs_kit.CommandBus.register_decider`. Deciders are
+    Register one with `cqrs_kit.CommandBus.register_decider`. Deciders are
     not snapshotted.
 
     Attributes:

@@ -9,7 +9,7 @@
     cqrs-kit projections reset   NAME --yes
 
 Every ``projections`` command takes ``--app MODULE:ATTR`` (or ``$CQRS_KIT_APP``):
-an importable :class:`~cqrs_kit.projections.ProjectionApp`, or a zero-argument
+an importable `ProjectionApp`, or a zero-argument
 factory returning one (any object with ``registry`` and ``projections``
 attributes, optionally ``database_name`` and ``events_collection``).
 ``--app-dir`` (default ``.``) is put on ``sys.path`` first. Commands that
@@ -20,20 +20,20 @@ Exit codes: 0 success; 1 the operation failed at run time; 2 a usage error
 (bad arguments, an unknown projection name, an app that cannot be loaded);
 3 the database could not be reached.
 
-Other command groups plug in here: :func:`build_parser` adds the groups of
+Other command groups plug in here: `build_parser` adds the groups of
 ``cqrs_kit.routing.cli`` (``routes``, ``dlq``) when that module exists. A
 group's ``register(subparsers)`` adds its parsers and sets ``handler`` on each
 command to a callable taking the parsed ``argparse.Namespace`` and returning
 an exit code. The helpers below are meant for them too:
 
 * ``EXIT_OK``, ``EXIT_FAILURE``, ``EXIT_USAGE``, ``EXIT_UNAVAILABLE``;
-* :class:`CliError`: raise it with an exit code and a message for the user;
-* :func:`add_connection_options` / :func:`connect`: ``--uri``, ``--database``,
+* `CliError`: raise it with an exit code and a message for the user;
+* `add_connection_options` / `connect`: ``--uri``, ``--database``,
   ``--connect-timeout`` and an async context manager that yields a pinged
-  driver database (unreachable → :class:`CliError` with ``EXIT_UNAVAILABLE``);
-* :func:`add_app_options` / :func:`load_app`: ``--app`` and ``--app-dir``;
-* :func:`run_async`: run a coroutine and map cqrs-kit errors to exit codes;
-* :func:`print_table` and :func:`print_json` for output.
+  driver database (unreachable → `CliError` with ``EXIT_UNAVAILABLE``);
+* `add_app_options` / `load_app`: ``--app`` and ``--app-dir``;
+* `run_async`: run a coroutine and map cqrs-kit errors to exit codes;
+* `print_table` and `print_json` for output.
 """
 
 from __future__ import annotations

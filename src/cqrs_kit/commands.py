@@ -1,11 +1,11 @@
 """Commands and the command bus: load an aggregate, run the handler, append, once.
 
-A :class:`Command` is a pydantic model with a ``command_id`` and
-:class:`CommandMetadata`. A :class:`CommandBus` maps each command class to one
+A `Command` is a pydantic model with a ``command_id`` and
+`CommandMetadata`. A `CommandBus` maps each command class to one
 handler; dispatching loads the aggregate the command addresses through a
-:class:`~cqrs_kit.repository.Repository`, runs the handler (which calls the
+`Repository`, runs the handler (which calls the
 aggregate's command methods), and appends the recorded events with the
-version the aggregate was loaded at as ``expected_version``::
+version the aggregate was loaded at as ``expected_version``:
 
     bus = CommandBus(store)
 
@@ -18,7 +18,7 @@ version the aggregate was loaded at as ``expected_version``::
 Idempotency without a second write
 ----------------------------------
 The ids of a command's events are derived from the command id
-(``uuid5(command_id, index)``, see :func:`derive_event_id`). Before running the
+(``uuid5(command_id, index)``, see `derive_event_id`). Before running the
 handler, the bus asks the store for the commit holding the first derived id:
 when there is one, the command was applied before (by this process or
 another, however long ago, however far the stream has moved since), and the
@@ -30,11 +30,11 @@ no events leaves no trace, so a repeat of it runs again.
 
 Retries
 -------
-A :class:`~cqrs_kit.errors.ConcurrencyError` means another writer appended to
+A `ConcurrencyError` means another writer appended to
 the stream between load and append. The bus reloads and runs the handler
 again, up to ``max_retries`` times, sleeping a random ("full jitter") delay
 that doubles per attempt so that colliding writers spread out. A
-:class:`~cqrs_kit.errors.DomainError` is the domain's answer, not a
+`DomainError` is the domain's answer, not a
 transient condition, and is never retried.
 
 Metadata
@@ -182,7 +182,7 @@ class CommandBus:
     """Dispatches commands to their handlers, once each.
 
     Args:
-        store: The event store (or any :class:`~cqrs_kit.repository.StreamStore`).
+        store: The event store (or any `StreamStore`).
         snapshots: Where aggregates that set ``snapshot_every`` keep snapshots.
         max_retries: How often a handler is re-run after a concurrency conflict
             before the ``ConcurrencyError`` is raised.
@@ -269,7 +269,7 @@ class CommandBus:
         aggregate: type[A],
         aggregate_id: Callable[[C], str] | None = None,
     ) -> Callable[[AggregateHandler[C, A]], AggregateHandler[C, A]]:
-        """Decorator form of :meth:`register`."""
+        """Decorator form of `register`."""
 
         def decorator(handler: AggregateHandler[C, A]) -> AggregateHandler[C, A]:
             self.register(command_type, handler, aggregate=aggregate, aggregate_id=aggregate_id)
@@ -284,7 +284,7 @@ class CommandBus:
         *,
         stream_id: Callable[[C], str],
     ) -> None:
-        """Route ``command_type`` to a functional :class:`~cqrs_kit.Decider`.
+        """Route ``command_type`` to a functional `Decider`.
 
         Args:
             command_type: The command class.

@@ -1,8 +1,8 @@
 """The one exception hierarchy of cqrs-kit.
 
-Every error the library raises on purpose derives from :class:`CqrsKitError`,
+Every error the library raises on purpose derives from `CqrsKitError`,
 and carries its context as attributes (stream id, versions, position, event
-id) so callers never have to parse a message::
+id) so callers never have to parse a message:
 
     CqrsKitError
     ├── UsageError                  misuse of the API; the message says how to fix it

@@ -1,6 +1,6 @@
 """Domain events, their metadata, the type registry and upcasting.
 
-An :class:`Event` is an immutable pydantic model with a stable type name and a
+An `Event` is an immutable pydantic model with a stable type name and a
 schema version. Events are stored in pydantic's JSON form (``Decimal`` and
 ``datetime`` as strings, ``UUID`` as text, enums as values), which keeps every
 value exact through BSON: a BSON datetime would drop microseconds and the UTC
@@ -35,7 +35,7 @@ class Event(BaseModel):
 
     Subclasses set ``event_type`` to a stable name (it is what is stored, so it
     must survive class renames) and bump ``schema_version`` when the payload
-    shape changes, registering an upcaster for the old version::
+    shape changes, registering an upcaster for the old version:
 
         class ItemAdded(Event):
             event_type: ClassVar[str] = "inventory.ItemAdded"
@@ -185,7 +185,7 @@ class RecordedEvent:
 class EventRegistry:
     """Maps stored event type names to classes, and old schema versions to new.
 
-    Registration is explicit so that reading never imports code by name::
+    Registration is explicit so that reading never imports code by name:
 
         registry = EventRegistry()
         registry.register(ItemAdded)

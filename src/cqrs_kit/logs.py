@@ -1,10 +1,10 @@
 """Structured logging: context fields on every record, and an optional JSON formatter.
 
-The library logs through the standard :mod:`logging` module under the
+The library logs through the standard `logging` module under the
 ``cqrs_kit`` logger. While a command or an event is being handled,
-:func:`log_context` binds fields (correlation id, causation id, stream id,
-position, projection or subscriber name); :class:`ContextFilter` copies them,
-and the current trace id, onto each record, and :class:`JsonFormatter`
+`log_context` binds fields (correlation id, causation id, stream id,
+position, projection or subscriber name); `ContextFilter` copies them,
+and the current trace id, onto each record, and `JsonFormatter`
 renders records as one JSON object per line for log shippers.
 """
 

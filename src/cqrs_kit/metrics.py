@@ -2,8 +2,8 @@
 
 Uses the official ``prometheus_client`` (the ``metrics`` extra). Without it,
 every recording call is a no-op, so the library never requires it. One
-:class:`Metrics` object is shared per process (:func:`get_metrics`); pass a
-fresh ``CollectorRegistry`` to :class:`Metrics` in tests.
+`Metrics` object is shared per process (`get_metrics`); pass a
+fresh ``CollectorRegistry`` to `Metrics` in tests.
 
 Label values are kept low-cardinality on purpose: appends are labelled by
 stream *category* (the part of the stream id before the first ``-``), never

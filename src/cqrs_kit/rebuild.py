@@ -8,7 +8,7 @@ The protocol
 ------------
 Every projection has a checkpoint document ``projection:<name>`` holding its
 position and ``read_model: {version, collection}``, the alias readers resolve
-(see :class:`~cqrs_kit.projections.ReadModel`). A rebuild:
+(see `ReadModel`). A rebuild:
 
 1. takes the lease ``projection:<name>:rebuild`` (one rebuild or reset of a
    projection at a time), drops the shadow of an earlier rebuild that died,
@@ -407,7 +407,7 @@ async def reset(
 
     The live runner (if any) hands over as for a rebuild and then projects
     everything again into the empty collection, so readers see an empty or
-    partial model until it has caught up. Use :func:`rebuild` to avoid that.
+    partial model until it has caught up. Use `rebuild` to avoid that.
 
     Raises:
         ProjectionError: Another rebuild or reset is running, or it was stopped.

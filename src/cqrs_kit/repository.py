@@ -1,16 +1,16 @@
 """Loading and saving aggregates: their events, their expected version, their snapshots.
 
-A :class:`Repository` is the only code that turns a stream into an aggregate
+A `Repository` is the only code that turns a stream into an aggregate
 and back. ``load`` replays the stream (after the latest usable snapshot, if
 the aggregate type takes snapshots) and ``save`` appends the recorded events
 with ``expected_version`` set to the version the aggregate was loaded at, so
 two writers that loaded the same version cannot both save: the second gets a
-:class:`~cqrs_kit.errors.ConcurrencyError`.
+`ConcurrencyError`.
 
 Repositories (and the command bus) need only a small part of an event store,
-spelled out by the :class:`StreamStore` protocol. :class:`cqrs_kit.EventStore`
+spelled out by the `StreamStore` protocol. `cqrs_kit.EventStore`
 satisfies it, and so does the in-memory store of the test harness
-(:class:`cqrs_kit.testing.InMemoryEventStore`).
+(`cqrs_kit.testing.InMemoryEventStore`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """Scheduled commands: durable, fired once at or after their due time, cancellable.
 
-A scheduled command is a document in the ``scheduled_commands`` collection::
+A scheduled command is a document in the ``scheduled_commands`` collection:
 
     {_id, command_type: "module:Class", command: {...JSON...}, due_at, state,
      attempts, owner, lease_until, group, key, created_at, fired_at, error}
 
 ``state`` moves ``pending → firing → done`` (or ``rejected`` when the
-handler raised a :class:`~cqrs_kit.errors.DomainError`, ``failed`` after
+handler raised a `DomainError`, ``failed`` after
 ``max_attempts``, ``cancelled`` when cancelled while still pending).
 
 Never twice
 -----------
-A :class:`Scheduler` *claims* a due command with one ``find_one_and_update``
+A `Scheduler` *claims* a due command with one ``find_one_and_update``
 that flips ``pending`` to ``firing`` and stamps its owner and a lease. A
 single-document update is atomic on every MongoDB deployment, so two
 schedulers can never both claim the same pending command. The claimant
@@ -25,14 +25,14 @@ at-least-once.
 
 Recurring schedules
 -------------------
-:class:`RecurringSchedule` (``cron: "*/5 * * * *"`` or ``rate: "5 minutes"``
+`RecurringSchedule` (``cron: "*/5 * * * *"`` or ``rate: "5 minutes"``
 in the routing file) enqueues one scheduled command per occurrence, with an
 id and a ``command_id`` derived from the schedule name and the occurrence
 time. Schedulers in several processes compute the same ids, so each
 occurrence is enqueued, and fired, once. Occurrences missed while no
 scheduler ran are coalesced: only the latest one fires.
 
-Time comes from a :class:`Clock`; tests pass a :class:`ManualClock` and move
+Time comes from a `Clock`; tests pass a `ManualClock` and move
 it forward instead of sleeping.
 """
 
@@ -233,7 +233,7 @@ class ScheduledCommandStore:
     """Schedules, cancels and lists scheduled commands.
 
     Any process may schedule (an API handler, a process manager); a
-    :class:`Scheduler` somewhere fires them.
+    `Scheduler` somewhere fires them.
 
     Args:
         database: A driver database object or an adapted one.
@@ -441,7 +441,7 @@ class RecurringSchedule:
 
 @dataclass(frozen=True, slots=True)
 class FireResult:
-    """What one :meth:`Scheduler.tick` did.
+    """What one `Scheduler.tick` did.
 
     Attributes:
         fired: Ids dispatched successfully.

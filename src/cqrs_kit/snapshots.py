@@ -10,7 +10,7 @@ over random event sequences.
 Storage layout
 --------------
 Snapshots live in their own collection (``snapshots`` by default), one
-document per stream *and state schema version*::
+document per stream *and state schema version*:
 
     {_id: "<stream id>@<schema version>", stream_id, schema_version, version,
      aggregate, state, taken_at}
@@ -21,7 +21,7 @@ misread; during a rolling deploy old and new processes each keep using their
 own. A write only replaces a snapshot at a *lower* stream version, so two
 processes snapshotting one stream concurrently cannot move it backwards.
 Snapshots of a schema version no longer in use can be removed with
-:meth:`SnapshotStore.prune` once no process runs the old code.
+`SnapshotStore.prune` once no process runs the old code.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class SnapshotStore:
         self._snapshots: MongoCollection = self.database.collection(collection)
 
     async def ensure_indexes(self) -> None:
-        """Create the index :meth:`delete` uses (idempotent)."""
+        """Create the index `delete` uses (idempotent)."""
         await self._snapshots.create_index([("stream_id", 1)], name="stream_id")
 
     async def load(self, stream_id: str, *, schema_version: int) -> Snapshot | None:

@@ -1,8 +1,8 @@
 """One status model for every consumer of the event log, shared by the CLI, HTTP and metrics.
 
 A *consumer* is a projection (run by a
-:class:`~cqrs_kit.projections.ProjectionRunner`) or a routed subscriber (run
-by a :class:`~cqrs_kit.routing.Worker`). Both keep their position, state,
+`ProjectionRunner`) or a routed subscriber (run
+by a `Worker`). Both keep their position, state,
 owner and last error in the ``checkpoints`` collection and their lease in
 ``leases``, so their status is read from the database alone: a process that
 runs nothing (the CLI, an HTTP app) sees what the runners are doing.
@@ -15,10 +15,10 @@ events wait in the dead-letter queue (subscribers; projections never
 dead-letter, they stop at a failing event).
 
 ``cqrs-kit projections status``, ``cqrs-kit worker status``, the ``/status``
-and ``/health/ready`` routes of :func:`cqrs_kit.fastapi.operations_router` and
-the lag gauges of :mod:`cqrs_kit.metrics` all read them through this module.
+and ``/health/ready`` routes of `cqrs_kit.fastapi.operations_router` and
+the lag gauges of `cqrs_kit.metrics` all read them through this module.
 Pass a clock (anything with ``now() -> datetime``, such as
-:class:`~cqrs_kit.scheduling.ManualClock`) to measure lag against a time of
+`ManualClock`) to measure lag against a time of
 your choosing.
 """
 
@@ -135,7 +135,7 @@ class ConsumerStatus(BaseModel):
 
 
 class ProjectionStatus(ConsumerStatus):
-    """The status of one projection (see :class:`ConsumerStatus`).
+    """The status of one projection (see `ConsumerStatus`).
 
     Attributes:
         read_model: The physical collection readers are served from.
@@ -154,7 +154,7 @@ class ProjectionStatus(ConsumerStatus):
 
 
 class SubscriberStatus(ConsumerStatus):
-    """The status of one routed subscriber (see :class:`ConsumerStatus`).
+    """The status of one routed subscriber (see `ConsumerStatus`).
 
     Attributes:
         parked: Events parked for a retry, or held back behind one in their stream.
@@ -371,7 +371,7 @@ class StatusReader:
     Args:
         store: The event store.
         projections: The runner whose projections to report (it need not be running).
-        subscribers: A :class:`~cqrs_kit.routing.Worker`, or subscriber ids.
+        subscribers: A `Worker`, or subscriber ids.
         clock: Where lag gets the current time (default: the system clock).
     """
 

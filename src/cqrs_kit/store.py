@@ -2,7 +2,7 @@
 
 Storage layout
 --------------
-Each call to :meth:`EventStore.append` writes exactly one *commit* document::
+Each call to `EventStore.append` writes exactly one *commit* document:
 
     {_id: <first event id>, stream_id, from_version, to_version,
      position, last_position, recorded_at, event_ids: [...], types: [...],
@@ -31,7 +31,7 @@ followed it.
 
 Idempotency: the commit's ``_id`` is its first event id, so retrying an
 append after a timeout (same ``NewEvent`` objects) hits the ``_id`` index
-and returns the original :class:`AppendResult`.
+and returns the original `AppendResult`.
 """
 
 from __future__ import annotations
@@ -591,7 +591,7 @@ class EventStore:
             limit: Stop after this many events.
             event_types: Only yield events of these types (positions of other
                 events are skipped over, not yielded).
-            strict: As for :meth:`read_stream`.
+            strict: As for `read_stream`.
             batch_size: Commits fetched per round trip.
         """
         types = frozenset(event_types) if event_types is not None else None

@@ -1,6 +1,6 @@
 """Subscriptions: follow the event log from a checkpoint, forever, one runner at a time.
 
-A :class:`Subscription` feeds a :class:`Consumer` (a projector, a routed
+A `Subscription` feeds a `Consumer` (a projector, a routed
 subscriber) every event after the consumer's stored position, in global
 order, then keeps following new events live.
 

@@ -2,7 +2,7 @@
 
 The ``traceparent`` of an incoming request is stored in the metadata headers
 of every event the command produces. When a projector or subscriber handles
-such an event, :func:`use_trace` makes that trace current again: log records
+such an event, `use_trace` makes that trace current again: log records
 carry its trace id, and, when the OpenTelemetry API is installed (the
 ``otel`` extra), spans started by the handler join the original trace.
 Without OpenTelemetry everything here is a cheap no-op beyond the context
@@ -111,7 +111,7 @@ def continue_trace(
     """Join the trace of an incoming request for the body.
 
     A trace that is already current (an OpenTelemetry server span, or an outer
-    :func:`use_trace`) wins, since it is the request's own span; otherwise the
+    `use_trace`) wins, since it is the request's own span; otherwise the
     request's ``traceparent`` (and ``tracestate``) headers become current.
     """
     current = current_trace()
@@ -123,7 +123,7 @@ def continue_trace(
 
 
 def spans_recorded() -> bool:
-    """Whether :func:`span` records anything (an OpenTelemetry SDK provider is configured)."""
+    """Whether `span` records anything (an OpenTelemetry SDK provider is configured)."""
     return _otel_tracer() is not None
 
 

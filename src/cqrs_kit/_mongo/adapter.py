@@ -3,8 +3,8 @@
 The three drivers agree on most calls but differ in which ones must be
 awaited (PyMongo's ``aggregate``/``watch``/``start_transaction`` are
 coroutines, Motor's return objects directly) and in what the server behind
-them can do. Everything above this module talks to :class:`MongoDatabase`
-and :class:`MongoCollection` only, and asks :class:`Capabilities` instead of
+them can do. Everything above this module talks to `MongoDatabase`
+and `MongoCollection` only, and asks `Capabilities` instead of
 sniffing drivers.
 """
 
@@ -59,7 +59,7 @@ class EncodingError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WriteOp:
-    """One write of a batch, in driver-neutral form (see :meth:`MongoCollection.write_many`).
+    """One write of a batch, in driver-neutral form (see `MongoCollection.write_many`).
 
     Attributes:
         kind: ``update`` (``document`` holds update operators), ``replace``
@@ -77,7 +77,7 @@ class WriteOp:
 
 @dataclass(frozen=True, slots=True)
 class WriteSummary:
-    """What a :meth:`MongoCollection.write_many` batch did.
+    """What a `MongoCollection.write_many` batch did.
 
     Attributes:
         matched: Documents matched by updates and replaces.
@@ -555,7 +555,7 @@ def adapt(db: Any) -> MongoDatabase:
 
 
 def open_client(uri: str, *, timeout_ms: int = 10_000) -> Any:
-    """A PyMongo async client for ``uri``, for command-line tools (see :func:`close_client`)."""
+    """A PyMongo async client for ``uri``, for command-line tools (see `close_client`)."""
     from pymongo import AsyncMongoClient
 
     return AsyncMongoClient(uri, serverSelectionTimeoutMS=timeout_ms)

@@ -42,7 +42,7 @@ class DuplicateKey(Exception):
 def translate_errors(operation: str) -> Iterator[None]:
     """Translate transient and change-stream driver errors raised inside the block.
 
-    Duplicate-key errors become the internal :class:`DuplicateKey`: only the
+    Duplicate-key errors become the internal `DuplicateKey`: only the
     caller knows whether one means a concurrency conflict, an idempotent retry
     or a clash of read-model keys.
     """

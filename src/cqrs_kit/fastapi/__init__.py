@@ -1,6 +1,6 @@
 """FastAPI routers for cqrs-kit: commands, queries, a live feed, problem-JSON errors.
 
-Install the extra first: ``pip install 'cqrs-kit[fastapi]'``. Then::
+Install the extra first: ``pip install 'cqrs-kit[fastapi]'``. Then:
 
     app = FastAPI()
     install_problem_handlers(app)

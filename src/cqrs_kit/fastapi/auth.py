@@ -1,8 +1,8 @@
 """Authentication and authorisation hooks shared by the routers.
 
 The routers do not authenticate anyone themselves. They take a FastAPI
-dependency that returns a :class:`Principal` (or raises, typically an
-``HTTPException(401)``), and optionally the roles a principal needs::
+dependency that returns a `Principal` (or raises, typically an
+``HTTPException(401)``), and optionally the roles a principal needs:
 
     bearer = HTTPBearer(auto_error=False)
 
@@ -33,7 +33,7 @@ from fastapi import Depends
 from cqrs_kit.errors import UsageError
 from cqrs_kit.fastapi.problems import ProblemError
 
-#: A FastAPI dependency that returns the authenticated :class:`Principal`.
+#: A FastAPI dependency that returns the authenticated `Principal`.
 AuthDependency = Callable[..., "Principal | Awaitable[Principal]"]
 
 

@@ -11,7 +11,7 @@ body is the command's own pydantic model, minus the fields the server owns
 (``command_id`` and ``metadata``), so the OpenAPI document shows its fields,
 constraints and ``json_schema_extra`` examples. The router fills those fields:
 
-* ``command_id`` from the ``Idempotency-Key`` header (see :func:`command_id_for`),
+* ``command_id`` from the ``Idempotency-Key`` header (see `command_id_for`),
   so a client that retries a request gets the first answer again and the
   command is applied once; without the header every request is a new command.
 * ``metadata.principal`` from the authentication dependency, and
@@ -19,10 +19,10 @@ constraints and ``json_schema_extra`` examples. The router fills those fields:
   both into the metadata of every event the command records.
 
 The answer is ``202 Accepted`` (or ``201 Created`` when the command created its
-stream) with a :class:`CommandAccepted` body: the stream id, its version and
+stream) with a `CommandAccepted` body: the stream id, its version and
 the global position of the command's last event. A query carrying that
 position (``X-Min-Position``) reads its own write; see
-:mod:`cqrs_kit.fastapi.queries`.
+`cqrs_kit.fastapi.queries`.
 """
 
 from __future__ import annotations
@@ -247,9 +247,9 @@ def command_router(
 
     Args:
         bus: The command bus that handles the commands.
-        endpoints: The commands to expose, as classes or :class:`CommandEndpoint`
+        endpoints: The commands to expose, as classes or `CommandEndpoint`
             declarations; default: every command type registered on ``bus``.
-        auth: FastAPI dependency returning the :class:`Principal` (or raising
+        auth: FastAPI dependency returning the `Principal` (or raising
             401); without it commands run anonymously.
         roles: Roles every command of this router needs (one of them).
         location: Default URL template (or callable) of the query-side link,

@@ -4,7 +4,7 @@
 every event after the starting position is sent as one SSE message whose
 ``id`` is the event's global position and whose ``data`` is the event as JSON
 (``RecordedEvent.to_document()``; metadata only when the router is built
-with ``include_metadata=True``)::
+with ``include_metadata=True``):
 
     retry: 2000
 
@@ -185,7 +185,7 @@ def feed_router(
     Args:
         store: The event store to follow.
         path: Route path.
-        auth: FastAPI dependency returning the :class:`~cqrs_kit.fastapi.Principal`.
+        auth: FastAPI dependency returning the `Principal`.
         roles: Roles needed to follow the feed (one of them).
         heartbeat: Seconds of silence after which a comment line is sent.
         poll_interval: Longest pause between reads of the log (and disconnect checks).

@@ -15,16 +15,16 @@ gives four ``GET`` routes:
 * ``/health/live``: 200 while the process answers (liveness: restart me if not).
 * ``/health/ready``: 200 when the database answers a ping within ``timeout``
   and every consumer with a lag threshold is within it; else 503 with a
-  :class:`NotReadyProblem` naming the database or the consumers behind
+  `NotReadyProblem` naming the database or the consumers behind
   (readiness: send me traffic, or not).
-* ``/status``: the :class:`~cqrs_kit.status.SystemStatus` of every projection
+* ``/status``: the `SystemStatus` of every projection
   and subscriber given, the document ``cqrs-kit projections status --json`` prints.
-* ``/metrics``: the Prometheus exposition of :mod:`cqrs_kit.metrics`, with the
+* ``/metrics``: the Prometheus exposition of `cqrs_kit.metrics`, with the
   lag, state, dead-letter and parked gauges refreshed from the database first.
   Without the ``metrics`` extra it answers 501 with a problem saying what to install.
 
 The routes build their answers themselves (problem documents included), so
-they work in an app without :func:`~cqrs_kit.fastapi.install_problem_handlers`.
+they work in an app without `install_problem_handlers`.
 Readiness reads only the consumers that have a threshold; mount the router
 on an internal port, or add ``dependencies=[...]`` that authenticate, if the
 status of your consumers is not for everyone.
@@ -203,15 +203,15 @@ def operations_router(
 
     Args:
         store: The event store (its database is what readiness pings).
-        projections: A :class:`~cqrs_kit.projections.ProjectionRunner`, or the
+        projections: A `ProjectionRunner`, or the
             projections to report (the router only reads their status; it does
             not run them).
-        subscribers: A :class:`~cqrs_kit.routing.Worker`, or subscriber ids.
+        subscribers: A `Worker`, or subscriber ids.
         max_lag: Readiness thresholds by projection name or subscriber id, in
-            seconds or as :class:`LagThreshold`; the key ``"*"`` applies to every
+            seconds or as `LagThreshold`; the key ``"*"`` applies to every
             consumer without its own entry. Consumers without a threshold never
             make the service unready.
-        metrics: ``True`` serves the process-wide metrics, a :class:`~cqrs_kit.metrics.Metrics`
+        metrics: ``True`` serves the process-wide metrics, a `Metrics`
             serves that one, ``False`` leaves ``/metrics`` out.
         timeout: Seconds readiness waits for the database before answering 503.
         clock: Where lag gets the current time (default: the system clock).

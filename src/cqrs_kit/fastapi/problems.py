@@ -4,7 +4,7 @@ Every error the routers can meet becomes one JSON object with the standard
 members ``type``, ``title``, ``status``, ``detail`` and ``instance``, plus
 extension members that carry the error's context (the field path of a
 validation error, the versions of a concurrency conflict, the current
-position of a lagging projection)::
+position of a lagging projection):
 
     {"type": "urn:problem:concurrency-conflict", "title": "Concurrency conflict",
      "status": 409, "detail": "stream 'order-7' is at version 3, expected 2",
@@ -12,9 +12,9 @@ position of a lagging projection)::
      "stream_id": "order-7", "expected_version": 2, "actual_version": 3}
 
 ``type`` is built from a base (``urn:problem:`` by default, or a URL such as
-``https://errors.example.com/``) and a kind; a :class:`~cqrs_kit.DomainError`
+``https://errors.example.com/``) and a kind; a `DomainError`
 subclass gets ``domain:<snake_case_class_name>`` and the HTTP status of its
-``status_code``. :func:`install_problem_handlers` registers the handlers on a
+``status_code``. `install_problem_handlers` registers the handlers on a
 FastAPI app, adds a last-resort middleware that answers any other exception
 with a generic 500 document (and logs it, with an ``error_id`` that is also in
 the document) and labels the problem responses of the OpenAPI document with
@@ -56,7 +56,7 @@ log = logging.getLogger("cqrs_kit.fastapi")
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 #: The default base of problem ``type`` URIs.
 DEFAULT_TYPE_BASE: Final = "urn:problem:"
-#: Marks problem responses in route declarations; see :func:`install_problem_handlers`.
+#: Marks problem responses in route declarations; see `install_problem_handlers`.
 _MARKER: Final = "x-cqrs-kit-problem"
 _RESERVED: Final = frozenset({"type", "title", "status", "detail", "instance"})
 _SCALARS = (str, int, float, bool, Decimal, uuid.UUID)
@@ -421,10 +421,10 @@ def install_problem_handlers(app: FastAPI, *, type_base: str = DEFAULT_TYPE_BASE
     """Answer every error of ``app`` with an RFC 9457 problem document.
 
     Registers exception handlers for request validation (422), HTTP exceptions
-    (their status, ``type: about:blank``), :class:`ProblemError` and every
-    :class:`~cqrs_kit.CqrsKitError` (409 concurrency conflicts, domain errors
+    (their status, ``type: about:blank``), `ProblemError` and every
+    `CqrsKitError` (409 concurrency conflicts, domain errors
     with their ``status_code``, 503 when the database is unreachable, ...),
-    adds :class:`ProblemMiddleware` for everything else (500, logged, never a
+    adds `ProblemMiddleware` for everything else (500, logged, never a
     stack trace), and rewrites the OpenAPI document so that the problem
     responses the routers declare have the ``application/problem+json`` media type.
 
@@ -489,7 +489,7 @@ def problem_responses(
     """OpenAPI ``responses`` entries declaring problem documents for ``statuses``.
 
     Pass the result to ``APIRouter.add_api_route(responses=...)``; after
-    :func:`install_problem_handlers` their media type is ``application/problem+json``.
+    `install_problem_handlers` their media type is ``application/problem+json``.
     """
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:

@@ -1,7 +1,7 @@
 """The query side over HTTP: read models as ``GET`` routes, with read-your-writes.
 
-A :class:`ReadModelSpec` declares what a read model offers; :func:`query_router`
-turns a list of them into one ``APIRouter``::
+A `ReadModelSpec` declares what a read model offers; `query_router`
+turns a list of them into one ``APIRouter``:
 
     orders = ReadModelSpec(
         name="orders", model=OrderView, projection="orders", id_field="order_id",
@@ -14,7 +14,7 @@ turns a list of them into one ``APIRouter``::
 
 Each spec gets ``GET /orders/{order_id}`` (404 problem when absent, or not the
 caller's) and ``GET /orders`` (declared filters, ``sort``, ``limit`` and an
-opaque ``cursor``; the answer is a :class:`Page`).
+opaque ``cursor``; the answer is a `Page`).
 
 Keyset pagination
 -----------------
@@ -33,7 +33,7 @@ sends it back (``X-Min-Position: N`` or ``?min_position=N``) waits, at most
 ``max_wait`` seconds, until the checkpoint of the read model's projection
 reaches ``N``, re-reading the checkpoint after every change-stream ring and at
 least every ``poll_interval``. If it does not get there in time, the answer is
-``503`` with a :class:`~cqrs_kit.fastapi.problems.LagProblem` (the current
+``503`` with a `LagProblem` (the current
 position, and ``Retry-After``): the server cannot serve that consistency *yet*,
 which is neither the client's fault (4xx) nor permanent. Every answer carries
 ``X-Projection-Position``: the position the read model reflected, at least,
@@ -130,7 +130,7 @@ class ReadModelSpec:
             (read-your-writes is off without one).
         id_field: The model field that holds the document's ``_id``.
         id_type: Type of the id in the path (``str`` by default).
-        filters: Query parameter name -> :class:`Filter`.
+        filters: Query parameter name -> `Filter`.
         sortable: Model fields a listing may be sorted by (the id always is).
         default_sort: The sort of a listing without ``sort``; ``-`` for
             descending (default: the id, ascending).
@@ -505,7 +505,7 @@ def query_router(
         database: The database holding the read models and checkpoints (a
             driver database object or an adapted one).
         read_models: The read models to serve.
-        auth: FastAPI dependency returning the :class:`Principal`; needed by
+        auth: FastAPI dependency returning the `Principal`; needed by
             read models with a ``scope`` or ``roles``.
         roles: Roles every route of this router needs (one of them).
         checkpoints: The checkpoints collection name.

@@ -1,15 +1,15 @@
 """Projections: read models kept up to date from the event log, effectively once.
 
-Two kinds of projection, both run by a :class:`Projector` inside a
-:class:`~cqrs_kit.subscriptions.Subscription` (one per projection, each with
+Two kinds of projection, both run by a `Projector` inside a
+`Subscription` (one per projection, each with
 its own checkpoint and lease):
 
-* :class:`PipelineProjection` declares how a batch of events is grouped into
+* `PipelineProjection` declares how a batch of events is grouped into
   read-model documents and how a group combines with the stored document
   (``Sum``, ``Last``, ``First``, ``Max``, ``Min``). The server does the work:
   an aggregation over the batch's commits, then ``$merge`` where the server
   honours ``$merge`` update pipelines, else an equivalent bulk upsert.
-* :class:`HandlerProjection` maps each event to :class:`Upsert` / :class:`Delete`
+* `HandlerProjection` maps each event to `Upsert` / `Delete`
   values in Python (``@on(EventType)`` methods); a batch's updates are folded
   into one write per document and sent in one bulk write.
 
@@ -43,7 +43,7 @@ that resolves to a physical collection ``<name>__v<N>``. The mapping lives
 in the projection's checkpoint document (``projection:<name>`` in the
 ``checkpoints`` collection), together with its position, so that a rebuild
 switches collection *and* position with one single-document update (see
-:mod:`cqrs_kit.rebuild`). Readers use :class:`ReadModel`.
+`cqrs_kit.rebuild`). Readers use `ReadModel`.
 """
 
 from cqrs_kit.projections.declarations import (

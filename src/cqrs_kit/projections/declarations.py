@@ -129,7 +129,7 @@ def _type_names(types: Iterable[type[Event] | str]) -> frozenset[str]:
 class Projection:
     """What every projection declares: a name, the events it reads, its read model.
 
-    Subclass :class:`PipelineProjection` or :class:`HandlerProjection`.
+    Subclass `PipelineProjection` or `HandlerProjection`.
 
     Attributes:
         name: Unique name; also the read model's logical collection name.
@@ -159,7 +159,7 @@ _ALLOWED_STAGES = frozenset({"$match", "$set", "$addFields", "$unset", "$unwind"
 class PipelineProjection(Projection):
     """A projection computed by the server: per-event stages, a grouping, a combination.
 
-    Declare it with class attributes or constructor arguments::
+    Declare it with class attributes or constructor arguments:
 
         class ItemsPerCategory(PipelineProjection):
             name = "items_per_category"
@@ -256,10 +256,10 @@ class PipelineProjection(Projection):
 
 
 def on(*event_types: type[Event]) -> Callable[[F], F]:
-    """Mark a :class:`HandlerProjection` method as the handler of ``event_types``.
+    """Mark a `HandlerProjection` method as the handler of ``event_types``.
 
     The method is called as ``handler(event)`` or ``handler(event, recorded)``
-    and returns an :class:`Upsert`, a :class:`Delete`, several of them, or
+    and returns an `Upsert`, a `Delete`, several of them, or
     ``None``; it may be ``async``.
     """
     if not event_types:
@@ -277,7 +277,7 @@ def on(*event_types: type[Event]) -> Callable[[F], F]:
 class HandlerProjection(Projection):
     """A projection whose ``@on(EventType)`` methods return read-model updates.
 
-    ::
+    For example:
 
         class StockLevels(HandlerProjection):
             name = "stock_levels"

@@ -70,7 +70,7 @@ class ProjectionRunner:
         backoff: Retry delays of a failing event.
         handover_poll: How often a running projection checks whether a rebuild
             asked it to hand over.
-        write_path: See :class:`Projector`.
+        write_path: See `Projector`.
     """
 
     def __init__(
@@ -125,12 +125,12 @@ class ProjectionRunner:
             ) from None
 
     def read_model(self, name: str, *, max_age: float = 1.0) -> ReadModel:
-        """A :class:`ReadModel` handle on projection ``name``'s read model."""
+        """A `ReadModel` handle on projection ``name``'s read model."""
         self.get(name)
         return ReadModel(self.store.database, name, max_age=max_age)
 
     def projector(self, name: str, **options: Any) -> Projector:
-        """A :class:`Projector` for projection ``name`` on its live read model."""
+        """A `Projector` for projection ``name`` on its live read model."""
         options.setdefault("write_path", self.write_path)
         return Projector(self.get(name), self.store, self.checkpoints, **options)
 
@@ -238,19 +238,19 @@ class ProjectionRunner:
     ) -> list[ProjectionStatus]:
         """The status of projections (all, or ``names``), read from the database.
 
-        See :func:`cqrs_kit.status.projection_statuses`; ``clock`` is where lag
+        See `cqrs_kit.status.projection_statuses`; ``clock`` is where lag
         gets the current time (default: the system clock).
         """
         return await projection_statuses(self, names, clock=clock)
 
     async def rebuild(self, name: str, **options: Any) -> RebuildResult:
-        """Rebuild ``name`` without downtime (see :func:`cqrs_kit.rebuild.rebuild`)."""
+        """Rebuild ``name`` without downtime (see `cqrs_kit.rebuild.rebuild`)."""
         from cqrs_kit.rebuild import rebuild
 
         return await rebuild(self, name, **options)
 
     async def reset(self, name: str, **options: Any) -> RebuildResult:
-        """Restart ``name`` from 0 on an empty model (see :func:`cqrs_kit.rebuild.reset`)."""
+        """Restart ``name`` from 0 on an empty model (see `cqrs_kit.rebuild.reset`)."""
         from cqrs_kit.rebuild import reset
 
         return await reset(self, name, **options)

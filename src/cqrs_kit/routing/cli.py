@@ -1,6 +1,6 @@
 """``cqrs-kit routes`` and ``cqrs-kit dlq``: the routing file at a glance, and dead letters.
 
-``cqrs_kit.cli.build_parser()`` calls :func:`register` to add these groups::
+``cqrs_kit.cli.build_parser()`` calls `register` to add these groups:
 
     cqrs-kit routes show routing.yaml [--json]
     cqrs-kit dlq list [--subscriber ID] [--type TYPE] [--since 2h|ISO] [--limit N] [--json]

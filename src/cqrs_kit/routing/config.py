@@ -1,6 +1,6 @@
 """The routing file: which event reaches which handler, in one YAML file.
 
-Shape (``docs/routing.md`` has the full reference)::
+Shape (``docs/routing.md`` has the full reference):
 
     version: 1
     registry: app.events:registry          # optional EventRegistry for typed events
@@ -27,7 +27,7 @@ Shape (``docs/routing.md`` has the full reference)::
 Loading validates the shape with pydantic, parses every pattern, and
 imports every handler, manager and command class, so a typo fails at load
 time, not when the first event arrives. Every error is a
-:class:`~cqrs_kit.errors.RoutingFileError` naming the file, the line
+`RoutingFileError` naming the file, the line
 (from PyYAML's node marks) and the dotted path of the offending value.
 """
 
@@ -370,7 +370,7 @@ def load_routing(
 def parse_routing(
     text: str, *, file: str = "<routing>", services: Mapping[type, object] | None = None
 ) -> RoutingConfig:
-    """Like :func:`load_routing`, from YAML text."""
+    """Like `load_routing`, from YAML text."""
     source = _Source(text, file)
     data = yaml.safe_load(text)
     if data is None:

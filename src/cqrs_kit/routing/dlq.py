@@ -2,7 +2,7 @@
 
 When a subscriber has failed on an event ``max_attempts`` times, the event
 goes to the ``dead_letters`` collection, one document per (subscriber,
-event)::
+event):
 
     {_id: "<subscriber>:<event id>", subscriber, event_id, event_type,
      stream_id, position, event: {<RecordedEvent.to_document()>},
@@ -14,8 +14,8 @@ patterns matched, so the entry can be redelivered without the log.
 
 The subscriber's idempotency record for the event is marked ``dead`` at the
 same time, so a replay of the log does not deliver it again behind the
-operator's back. :meth:`DeadLetterQueue.retry` redelivers it to the same
-subscriber once (and deletes the entry on success); :meth:`~DeadLetterQueue.discard`
+operator's back. `DeadLetterQueue.retry` redelivers it to the same
+subscriber once (and deletes the entry on success); `discard`
 deletes it and logs that it did.
 """
 
@@ -43,7 +43,7 @@ MAX_TRACEBACK = 8000
 
 
 def recorded_from_document(doc: Mapping[str, Any], registry: EventRegistry) -> RecordedEvent:
-    """Rebuild a :class:`RecordedEvent` from its :meth:`~RecordedEvent.to_document` form."""
+    """Rebuild a `RecordedEvent` from its `to_document` form."""
     return RecordedEvent(
         event_id=uuid.UUID(str(doc["id"])),
         stream_id=doc["stream_id"],

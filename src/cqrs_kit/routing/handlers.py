@@ -1,7 +1,7 @@
 """How a routed handler is called: its signature, its request, its delivery context.
 
 A handler is ``async def handler(request)`` or ``async def handler(request,
-delivery)``. :func:`inspect_handler` reads once, from the annotation of
+delivery)``. `inspect_handler` reads once, from the annotation of
 ``request``, what to build for it: the ``RecordedEvent`` itself, the decoded
 domain event, a pydantic request model, or a plain dict. The request's
 fields come from the event's ``data`` or, when the subscriber has an
@@ -70,12 +70,12 @@ def compile_path(path: str) -> tuple[str | int, ...]:
     return tuple(steps)
 
 
-#: What :func:`extract` returns for a path that is absent from the document.
+#: What `extract` returns for a path that is absent from the document.
 MISSING: Any = object()
 
 
 def extract(document: Any, steps: Sequence[str | int]) -> Any:
-    """Follow ``steps`` into ``document``; returns :data:`MISSING` when a step is absent."""
+    """Follow ``steps`` into ``document``; returns `MISSING` when a step is absent."""
     value = document
     for step in steps:
         if isinstance(step, int):

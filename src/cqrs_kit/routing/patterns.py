@@ -683,7 +683,7 @@ def _reject_constant(name: str) -> NoReturn:
 class EventPattern:
     """An immutable, validated EventBridge event pattern.
 
-    Build one with :meth:`parse`; the module documentation describes the
+    Build one with `parse`; the module documentation describes the
     language. Patterns compare and hash by content.
     """
 
@@ -694,7 +694,7 @@ class EventPattern:
     _match: _ObjectMatch
 
     def __init__(self, pattern: Mapping[str, Any] | str) -> None:
-        """Validate and compile ``pattern``; same as :meth:`parse`."""
+        """Validate and compile ``pattern``; same as `parse`."""
         source = _load(pattern)
         matcher = _compile_object(source, "")
         canonical = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

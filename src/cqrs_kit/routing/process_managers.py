@@ -1,7 +1,7 @@
 """Process managers (sagas): long-running reactions that keep state and issue commands.
 
-A :class:`ProcessManager` declares which events it reacts to and how each
-event names the *instance* it belongs to (its correlation key)::
+A `ProcessManager` declares which events it reacts to and how each
+event names the *instance* it belongs to (its correlation key):
 
     class Reservations(ProcessManager):
         state_type = ReservationState
@@ -17,13 +17,13 @@ event names the *instance* it belongs to (its correlation key)::
             ctx.cancel("payment-timeout")
             ctx.complete()
 
-A :class:`ProcessManagerRunner` runs it as a routed subscriber (same
+A `ProcessManagerRunner` runs it as a routed subscriber (same
 at-least-once delivery, retries, dead letters and lease), with its events
 ordered per instance rather than per stream.
 
 State and effects in one write
 ------------------------------
-Each instance is one document in ``process_states``::
+Each instance is one document in ``process_states``:
 
     {_id: "<manager>:<correlation>", version, state, completed,
      applied: [<recent event ids>], outbox: [<commands to send, schedule, cancel>]}
@@ -284,7 +284,7 @@ class _TypeMatcher:
 
 
 class ProcessManagerRunner:
-    """Runs a :class:`ProcessManager` against its state collection and the command bus.
+    """Runs a `ProcessManager` against its state collection and the command bus.
 
     Args:
         manager: The process manager.

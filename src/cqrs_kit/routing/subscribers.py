@@ -1,14 +1,14 @@
 """Routed subscribers: one queue, one retry loop and one dead-letter path per subscriber.
 
-A :class:`Subscriber` is a handler plus the patterns that select its events.
-A :class:`SubscriberRuntime` runs one subscriber as a
-:class:`~cqrs_kit.subscriptions.Consumer` over the event log, with its own
+A `Subscriber` is a handler plus the patterns that select its events.
+A `SubscriberRuntime` runs one subscriber as a
+`Consumer` over the event log, with its own
 checkpoint (its "queue") and its own lease, so a slow or failing subscriber
 never holds back another.
 
 Delivery
 --------
-Matching events (their :meth:`RecordedEvent.to_document` against the
+Matching events (their `RecordedEvent.to_document` against the
 subscriber's patterns) are delivered at least once. An idempotency record
 ``{_id: "<subscriber>:<event id>", state: started|done|dead}`` is claimed
 before the handler runs and marked ``done`` after, so a redelivery of a
@@ -121,7 +121,7 @@ class Subscriber:
 
     Args:
         id: Unique subscriber id (its checkpoint, lease and idempotency scope).
-        handler: ``async def handler(request[, delivery])``; see :func:`inspect_handler`.
+        handler: ``async def handler(request[, delivery])``; see `inspect_handler`.
         patterns: The event patterns of the routes that name this subscriber;
             an event is delivered when any of them matches.
         routes: Names of those routes (for display).
@@ -130,7 +130,7 @@ class Subscriber:
             leave the field out (so the model's default applies).
         retry: Retry policy.
         timeout: Seconds one attempt may take, or ``None`` for no limit.
-        ordering: See :class:`Ordering`.
+        ordering: See `Ordering`.
         ordering_key: Overrides the per-stream grouping key (process managers
             group by correlation key).
     """
@@ -233,7 +233,7 @@ class IdempotencyStore:
         self._coll = self.database.collection(collection)
 
     async def ensure_indexes(self) -> None:
-        """Create the index :meth:`prune` uses (idempotent)."""
+        """Create the index `prune` uses (idempotent)."""
         await self._coll.create_index([("state", 1), ("updated_at", 1)], name="state_time")
 
     async def claim(self, key: str, *, subscriber: str, event_id: str) -> tuple[ClaimState, int]:
@@ -291,7 +291,7 @@ class IdempotencyStore:
 
 
 class SubscriberRuntime:
-    """Runs one :class:`Subscriber` over the event log; a ``Consumer``.
+    """Runs one `Subscriber` over the event log; a ``Consumer``.
 
     Args:
         store: The event store to follow.

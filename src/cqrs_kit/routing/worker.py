@@ -1,8 +1,8 @@
 """The worker host: every subscriber, process manager and the scheduler in one process.
 
-A :class:`Worker` starts one :class:`~cqrs_kit.routing.subscribers.SubscriberRuntime`
+A `Worker` starts one `SubscriberRuntime`
 per subscriber (process managers are subscribers too) and, if configured, a
-:class:`~cqrs_kit.scheduling.Scheduler`, and supervises them: a runtime that
+`Scheduler`, and supervises them: a runtime that
 crashes on something unexpected is logged and restarted after a pause, and
 the others carry on.
 
@@ -13,7 +13,7 @@ others stand by to take over when the holder dies; different subscribers
 spread over the processes as the leases fall. Schedulers need no lease:
 claims keep them from firing anything twice.
 
-Stopping is graceful: :meth:`Worker.stop` asks every runtime to stop after
+Stopping is graceful: `Worker.stop` asks every runtime to stop after
 the batch in hand and waits up to ``grace`` seconds before cancelling what is
 left. Anything cancelled is redelivered later (at-least-once), which the
 idempotency records make harmless.
@@ -128,7 +128,7 @@ class Worker:
             scheduled: Scheduled-command store (default: on the store's database).
             clock: Clock for scheduling (default: the system clock).
             run_scheduler: Whether this worker also fires scheduled commands.
-            **options: Passed on to :class:`Worker` (``leases``, ``batch_size``...).
+            **options: Passed on to `Worker` (``leases``, ``batch_size``...).
 
         Raises:
             UsageError: The file needs a command bus and none was given.
@@ -175,7 +175,7 @@ class Worker:
             await self.scheduler.store.ensure_indexes()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run everything until ``stop`` (or :meth:`stop`) is set."""
+        """Run everything until ``stop`` (or `stop`) is set."""
         relay = asyncio.ensure_future(self._relay(stop)) if stop is not None else None
         jobs: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             name: rt.run for name, rt in self.runtimes.items()
@@ -207,7 +207,7 @@ class Worker:
                     await asyncio.wait_for(self._stop.wait(), self.restart_delay)
 
     async def start(self) -> None:
-        """Run in a background task (see :meth:`stop`)."""
+        """Run in a background task (see `stop`)."""
         if self._task is not None:
             raise UsageError("the worker is already running", code="worker-running")
         self._stop.clear()

@@ -3,7 +3,7 @@
 Every projection and subscriber relies on two promises: a checkpoint only
 moves forward (so a replayed batch cannot rewind a consumer), and a lease has
 at most one live holder (so two runners never write one read model). Bind the
-suites to a backend by providing ``mongo_database`` (the bundled plugin does)::
+suites to a backend by providing ``mongo_database`` (the bundled plugin does):
 
     pytest_plugins = ["cqrs_kit.testing.plugin"]
 
@@ -27,7 +27,7 @@ from cqrs_kit.leases import LeaseManager
 
 
 class CheckpointStoreContract:
-    """Contract tests for :class:`~cqrs_kit.CheckpointStore`."""
+    """Contract tests for `CheckpointStore`."""
 
     @pytest.fixture
     def checkpoint_store(self, mongo_database: Any) -> CheckpointStore:
@@ -128,7 +128,7 @@ class CheckpointStoreContract:
 
 
 class LeaseManagerContract:
-    """Contract tests for :class:`~cqrs_kit.LeaseManager`: one live holder at a time."""
+    """Contract tests for `LeaseManager`: one live holder at a time."""
 
     #: Lease lifetime used where a test waits for expiry; short, to keep tests fast.
     short_ttl: float = 0.2

@@ -1,10 +1,10 @@
 """Given/when/then tests for command handlers, in memory, with no database.
 
-A :class:`Scenario` runs a command through a copy of your
-:class:`~cqrs_kit.CommandBus` (same handlers, same retries, same idempotency)
-over an :class:`InMemoryEventStore`, after seeding the command's stream with
+A `Scenario` runs a command through a copy of your
+`CommandBus` (same handlers, same retries, same idempotency)
+over an `InMemoryEventStore`, after seeding the command's stream with
 the *given* events, and compares the events it records with the expected
-ones::
+ones:
 
     scenario = Scenario(bus)
 
@@ -50,7 +50,7 @@ class _Commit:
 
 
 class InMemoryEventStore:
-    """An event store double in memory: the :class:`~cqrs_kit.repository.StreamStore` subset.
+    """An event store double in memory: the `StreamStore` subset.
 
     It keeps the guarantees the write model relies on: atomic appends,
     ``expected_version`` checks, idempotency by event id, contiguous versions

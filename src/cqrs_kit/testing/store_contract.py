@@ -1,8 +1,8 @@
 """The event-store contract: behaviour every ``EventStore`` backend must show.
 
-Subclass :class:`EventStoreContract` in a test module and provide the
+Subclass `EventStoreContract` in a test module and provide the
 ``event_store`` fixture (the bundled plugin provides one per backend); every
-``test_*`` method then runs against it::
+``test_*`` method then runs against it:
 
     pytest_plugins = ["cqrs_kit.testing.plugin"]
 
@@ -69,7 +69,7 @@ async def _collect(iterator: Any) -> list[Any]:
 
 
 class EventStoreContract:
-    """Contract tests for :class:`EventStore` (RELIABILITY scenarios 1, 2, 5 and 14)."""
+    """Contract tests for `EventStore` (RELIABILITY scenarios 1, 2, 5 and 14)."""
 
     @pytest.fixture
     def event_registry(self) -> EventRegistry:
