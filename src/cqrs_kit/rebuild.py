@@ -352,6 +352,7 @@ async def rebuild(
             projector,
             checkpoints=runner.checkpoints,
             batch_size=runner.batch_size,
+            max_batch_size=runner.max_batch_size,
             backoff=Backoff(initial=0.05, maximum=1.0),
         )
 

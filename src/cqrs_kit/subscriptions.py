@@ -236,10 +236,14 @@ class Subscription:
         consumer: What handles the events.
         checkpoints: Where status (and resume tokens) are recorded.
         leases: If given, only the lease holder runs; others wait to take over.
-        batch_size: Events handed to the consumer at once.
+        batch_size: Events handed to the consumer at once when it keeps up.
         poll_interval: Seconds between safety polls (the only wake-up on
             backends without change streams).
         backoff: Delays between retries of a failing event.
+        max_batch_size: Largest batch while catching up (default: ten times
+            ``batch_size``). Each full batch doubles the next one up to this, so
+            a consumer far behind pays the per-batch round trips and read-model
+            rewrites fewer times; the first batch that is not full resets it.
     """
 
     def __init__(
@@ -252,12 +256,15 @@ class Subscription:
         batch_size: int = 200,
         poll_interval: float = 1.0,
         backoff: Backoff | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         self.store = store
         self.consumer = consumer
         self.checkpoints = checkpoints
         self.leases = leases
         self.batch_size = batch_size
+        self.max_batch_size = max(batch_size, max_batch_size or 10 * batch_size)
+        self._limit = batch_size
         self.poll_interval = poll_interval
         self.backoff = backoff or Backoff()
         self.position = 0
@@ -338,11 +345,14 @@ class Subscription:
     async def _step(self, stop: asyncio.Event | None) -> bool:
         """Handle one batch after ``self.position``; returns whether anything was read."""
         single = self._faulted_at is not None
-        limit = 1 if single else self.batch_size
+        limit = 1 if single else self._limit
         batch: list[RecordedEvent] = []
         # Read unfiltered positions so the checkpoint can move past foreign events too.
         async for recorded in self.store.read_all(after=self.position, limit=limit, strict=False):
             batch.append(recorded)
+        # Far behind: grow the next batch; caught up (or isolating a fault): start small.
+        full = not single and len(batch) >= limit
+        self._limit = min(2 * self._limit, self.max_batch_size) if full else self.batch_size
         if not batch:
             return False
         types = self.consumer.event_types

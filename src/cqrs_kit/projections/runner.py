@@ -65,7 +65,8 @@ class ProjectionRunner:
         checkpoints: Checkpoint store (default: ``checkpoints`` in the store's database).
         leases: Lease manager (default: one with ``lease_ttl``).
         lease_ttl: Seconds before a dead runner's lease can be taken over.
-        batch_size: Events per batch.
+        batch_size: Events per batch when a projection keeps up.
+        max_batch_size: Largest batch while catching up (see `Subscription`).
         poll_interval: Safety poll period (the wake-up without change streams).
         backoff: Retry delays of a failing event.
         handover_poll: How often a running projection checks whether a rebuild
@@ -82,6 +83,7 @@ class ProjectionRunner:
         leases: LeaseManager | None = None,
         lease_ttl: float = 10.0,
         batch_size: int = 500,
+        max_batch_size: int | None = None,
         poll_interval: float = 1.0,
         backoff: Backoff | None = None,
         handover_poll: float = 1.0,
@@ -103,6 +105,7 @@ class ProjectionRunner:
         self.checkpoints = checkpoints or CheckpointStore(store.database)
         self.leases = leases or LeaseManager(store.database, ttl=lease_ttl)
         self.batch_size = batch_size
+        self.max_batch_size = max_batch_size
         self.poll_interval = poll_interval
         self.backoff = backoff or Backoff()
         self.handover_poll = handover_poll
@@ -147,6 +150,7 @@ class ProjectionRunner:
                 self.projector(name),
                 checkpoints=self.checkpoints,
                 batch_size=self.batch_size,
+                max_batch_size=self.max_batch_size,
                 backoff=self.backoff,
             )
             positions[name] = await sub.catch_up()
@@ -189,6 +193,7 @@ class ProjectionRunner:
                     checkpoints=self.checkpoints,
                     leases=self.leases,
                     batch_size=self.batch_size,
+                    max_batch_size=self.max_batch_size,
                     poll_interval=self.poll_interval,
                     backoff=self.backoff,
                 )
