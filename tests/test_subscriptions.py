@@ -172,3 +172,34 @@ async def test_lease_lets_one_runner_progress_and_hands_over(
     await wait_until(lambda: b.seen == [2])
     stop_b.set()
     await asyncio.wait_for(task_b, 15)
+
+
+class BatchSizes(Recorder):
+    """Also remembers how many log positions each batch covered."""
+
+    def __init__(self, checkpoints: CheckpointStore) -> None:
+        super().__init__(checkpoints)
+        self.spans: list[int] = []
+
+    async def handle(self, events: Sequence[RecordedEvent], *, up_to: int) -> None:
+        self.spans.append(up_to - await self.checkpoints.position(self.name))
+        await super().handle(events, up_to=up_to)
+
+
+async def test_catch_up_batches_grow_while_full_and_reset_when_caught_up(
+    event_store: EventStore, mongo_database: Any
+) -> None:
+    checkpoints = CheckpointStore(mongo_database)
+    consumer = BatchSizes(checkpoints)
+    for n in range(40):
+        await event_store.append(f"s-{n % 4}", [Pinged(n=n)])
+    sub = Subscription(
+        event_store, consumer, checkpoints=checkpoints, batch_size=2, max_batch_size=12
+    )
+    assert await sub.catch_up() == 40
+    assert consumer.spans == [2, 4, 8, 12, 12, 2]
+    assert consumer.seen == list(range(40))
+    consumer.spans.clear()
+    await event_store.append("s-0", [Pinged(n=40)])
+    assert await sub.catch_up() == 41
+    assert consumer.spans == [1], "a consumer that keeps up starts small again"
