@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -129,9 +130,9 @@ class ConsumerStatus(BaseModel):
     updated_at: datetime | None = None
 
     @property
+    @abstractmethod
     def key(self) -> str:
         """The checkpoint, lease and metrics label name (``projection:<name>`` ...)."""
-        raise NotImplementedError
 
 
 class ProjectionStatus(ConsumerStatus):

@@ -139,11 +139,6 @@ async def measure_lag(
     return Lag(position=position, head=head, events=max(0, head - position), seconds=seconds)
 
 
-#: Shortest time between two empty change-stream polls. MongoDB holds an empty
-#: getMore open for up to maxAwaitTimeMS, so this only paces servers that do not.
-_MIN_EMPTY_WAIT = 0.02
-
-
 class _Doorbell:
     """Rings when the event collection sees an insert (change stream), if it can."""
 
@@ -180,13 +175,8 @@ class _Doorbell:
                 async with events.watch(self._pipeline, resume_after=token) as stream:
                     self.opened.set()
                     while True:
-                        asked = time.monotonic()
                         change = await stream.try_next()
                         if change is None:
-                            if time.monotonic() - asked < _MIN_EMPTY_WAIT:
-                                # The server answered an empty batch at once instead of
-                                # awaiting new changes: pace the polls.
-                                await asyncio.sleep(_MIN_EMPTY_WAIT)
                             continue
                         if change.get("operationType") == "invalidate":
                             log.warning(

@@ -10,7 +10,9 @@ sniffing drivers.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -432,8 +434,8 @@ class MongoCollection:
         *,
         resume_after: Mapping[str, Any] | None = None,
         max_await_ms: int = 1000,
-    ) -> AsyncIterator[Any]:
-        """Open a change stream; the yielded object supports ``try_next()`` and ``resume_token``."""
+    ) -> AsyncIterator[ChangeStream]:
+        """Open a change stream on this collection."""
         with translate_errors(f"watch {self.name}"):
             stream = await _resolve(
                 self._coll.watch(
@@ -443,9 +445,35 @@ class MongoCollection:
                 )
             )
             try:
-                yield stream
+                yield ChangeStream(stream)
             finally:
                 await stream.close()
+
+
+#: Shortest time between two empty polls of a change stream. MongoDB holds an empty
+#: getMore open for up to maxAwaitTimeMS, so this only paces servers that answer at once.
+MIN_EMPTY_POLL = 0.02
+
+
+class ChangeStream:
+    """A driver change stream whose empty polls never turn into a busy loop."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None:
+        """The token to resume after the last change returned."""
+        token: Mapping[str, Any] | None = self._stream.resume_token
+        return token
+
+    async def try_next(self) -> Document | None:
+        """The next change, or ``None`` after one (awaited) empty poll."""
+        asked = time.monotonic()
+        change: Document | None = await self._stream.try_next()
+        if change is None and time.monotonic() - asked < MIN_EMPTY_POLL:
+            await asyncio.sleep(MIN_EMPTY_POLL)
+        return change
 
 
 class MongoDatabase:

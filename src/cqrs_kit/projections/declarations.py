@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,7 +22,7 @@ _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
-class Accumulator:
+class Accumulator(ABC):
     """How one read-model field is computed per batch and combined with the stored value.
 
     Attributes:
@@ -34,9 +35,9 @@ class Accumulator:
     #: The update operator that combines a batch value with the stored one.
     update_op: ClassVar[str] = ""
 
+    @abstractmethod
     def combine(self, field_name: str) -> Any:
         """An expression combining the stored ``$<field>`` with the batch's ``$$new.<field>``."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

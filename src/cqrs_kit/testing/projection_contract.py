@@ -20,6 +20,7 @@ plugin's ``mongo_database`` fixture).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import pytest
@@ -30,20 +31,20 @@ from cqrs_kit.projections import Projection, ProjectionRunner, ReadModel, projec
 from cqrs_kit.store import EventStore
 
 
-class ProjectionContract:
+class ProjectionContract(ABC):
     """Contract tests for a projection: batching, redelivery and rebuilds change nothing."""
 
+    @abstractmethod
     def projection(self) -> Projection:
         """A fresh instance of the projection under test."""
-        raise NotImplementedError("return the projection under test")
 
+    @abstractmethod
     def history(self) -> list[tuple[str, Event]]:
         """The events to project, as ``(stream_id, event)`` in append order.
 
         Use a few streams, several events per document, and every event type the
         projection handles, including ones that delete documents.
         """
-        raise NotImplementedError("return the events to project")
 
     @pytest.fixture
     def event_registry(self) -> EventRegistry:
