@@ -35,7 +35,6 @@ import cProfile
 import json
 import os
 import platform
-import pstats
 import statistics
 import sys
 import time
@@ -51,18 +50,13 @@ from typing import Any, ClassVar
 
 import bson
 from pymongo import AsyncMongoClient
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from cqrs_kit import Event, EventMetadata, EventRegistry, EventStore, NewEvent
 from cqrs_kit.metrics import get_metrics
 from cqrs_kit.testing import EmbeddedServer
+from harness import CountingListener, create_commit_indexes, now_ms, own_time_by_package
 
 RESULTS = Path(__file__).with_name("results") / "append.json"
 SINGLE_OPS = 200  # operations per round, one-event appends
@@ -101,11 +95,6 @@ def make_event(n: int) -> ItemRented:
 # -- raw documents of the store's shape ------------------------------------------------------
 
 
-def _now_ms() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 def raw_event_body(event: Event, event_id: str) -> dict[str, Any]:
     return {
         "id": event_id,
@@ -131,7 +120,7 @@ def raw_commit(
         "to_version": from_version + len(events) - 1,
         "position": position,
         "last_position": position + len(events) - 1,
-        "recorded_at": _now_ms(),
+        "recorded_at": now_ms(),
         "event_ids": ids,
         "types": sorted({e.event_type for e in events}),
         "events": bodies,
@@ -141,7 +130,7 @@ def raw_commit(
 def raw_event_docs(
     stream: str, from_version: int, position: int, events: list[Event]
 ) -> list[dict[str, Any]]:
-    recorded_at = _now_ms()
+    recorded_at = now_ms()
     docs = []
     for n, event in enumerate(events):
         event_id = str(uuid.uuid4())
@@ -208,29 +197,6 @@ async def timed_round(op: Op, ops: int) -> tuple[float, float]:
         await op(n)
     wall = (time.perf_counter() - started) * 1000 / ops
     return wall, (time.process_time() - cpu) * 1000 / ops
-
-
-class CountingListener(CommandListener):
-    """Counts commands sent to the server, by name."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
-
-
-async def create_commit_indexes(coll: Any) -> None:
-    await coll.create_index([("position", 1)], unique=True)
-    await coll.create_index([("stream_id", 1), ("from_version", 1)], unique=True)
-    await coll.create_index([("event_ids", 1)], unique=True)
-    await coll.create_index([("types", 1), ("position", 1)])
 
 
 async def create_event_indexes(coll: Any) -> None:
@@ -631,34 +597,6 @@ async def scaling_probe(db: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _package(filename: str, function: str) -> str:
-    """Which package a profiled function belongs to."""
-    if filename == "~":  # a builtin: name it after what it is a method of
-        if "epoll" in function:
-            return "waiting for the server (epoll)"
-        for name in ("bson", "pydantic_core", "uuid", "_socket", "datetime"):
-            if name in function:
-                return name
-        return "other builtins"
-    if "/cqrs_kit/" in filename:
-        return "cqrs_kit"
-    if "site-packages/" in filename:
-        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
-    for name in ("asyncio", "uuid", "selectors", "contextlib"):
-        if f"/{name}" in filename:
-            return name
-    return "other stdlib"
-
-
-def _profile_by_package(profiler: cProfile.Profile, ops: int) -> Counter[str]:
-    """Own time (tottime) per package, in microseconds per operation."""
-    totals: Counter[str] = Counter()
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    for (filename, _, function), (_, _, own, _, _) in stats.items():
-        totals[_package(filename, function)] += own * 1e6 / ops
-    return totals
-
-
 async def profile_appends(db: Any) -> str:
     """Where the time of library appends and raw inserts goes, by package (cProfile).
 
@@ -690,7 +628,7 @@ async def profile_appends(db: Any) -> str:
             await raw.insert_one(raw_docs[n])
         raw_profile.disable()
         cases.append(
-            (label, _profile_by_package(lib_profile, ops), _profile_by_package(raw_profile, ops))
+            (label, own_time_by_package(lib_profile, ops), own_time_by_package(raw_profile, ops))
         )
     lines = []
     for label, lib, base in cases:

@@ -20,11 +20,14 @@ that way.
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import os
 import platform
+import pstats
 import runpy
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +37,12 @@ from types import TracebackType
 from typing import Any
 
 from pymongo import MongoClient
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from cqrs_kit.testing import EmbeddedServer
 
@@ -245,3 +254,67 @@ def environment() -> dict[str, Any]:
             for name in ("cqrs-kit", "pymongo", "pydantic", "nx-27017", "eventsourcing")
         },
     }
+
+
+# -- measuring the library against the raw driver -----------------------------------------
+
+
+def now_ms() -> datetime:
+    """The current UTC time at BSON's millisecond precision (what the store writes)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+async def create_commit_indexes(collection: Any) -> None:
+    """The indexes ``EventStore.ensure_indexes`` makes, on a raw collection."""
+    await collection.create_index([("position", 1)], unique=True)
+    await collection.create_index([("stream_id", 1), ("from_version", 1)], unique=True)
+    await collection.create_index([("event_ids", 1)], unique=True)
+    await collection.create_index([("types", 1), ("position", 1)])
+
+
+class CountingListener(CommandListener):
+    """Counts commands sent to the server, by name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.counts[event.command_name] += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+def _package(filename: str, function: str) -> str:
+    """Which package a profiled function belongs to."""
+    if filename == "~":  # a builtin: name it after what it is a method of
+        if "epoll" in function or "select" in function:
+            return "waiting for the server (epoll)"
+        for name in ("bson", "pydantic_core", "uuid", "_socket", "_json", "datetime"):
+            if name in function:
+                return name
+        return "other builtins"
+    if "/cqrs_kit/fastapi/" in filename:
+        return "cqrs_kit.fastapi"
+    if "/cqrs_kit/" in filename:
+        return "cqrs_kit"
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    stdlib = ("asyncio", "json", "uuid", "selectors", "inspect", "contextlib", "importlib")
+    for name in stdlib:
+        if f"/{name}" in filename or f"<frozen {name}" in filename:
+            return name
+    return "other stdlib"
+
+
+def own_time_by_package(profiler: cProfile.Profile, ops: int) -> Counter[str]:
+    """Own time (tottime) per package under cProfile, in microseconds per operation."""
+    totals: Counter[str] = Counter()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, own, _, _) in stats.items():
+        totals[_package(filename, function)] += own * 1e6 / ops
+    return totals

@@ -49,12 +49,10 @@ import cProfile
 import json
 import os
 import platform
-import pstats
 import statistics
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,18 +66,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from pymongo import AsyncMongoClient
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from cqrs_kit import Aggregate, Command, CommandBus, Event, EventRegistry, EventStore, applies
 from cqrs_kit.fastapi import command_router, install_problem_handlers
 from cqrs_kit.testing import EmbeddedServer, InMemoryEventStore
+from harness import CountingListener, create_commit_indexes, now_ms, own_time_by_package
 
 RESULTS = Path(__file__).with_name("results") / "http_commands.json"
 OPS = 100  # requests per round
@@ -169,11 +162,6 @@ def router_app(bus: CommandBus) -> FastAPI:
     return app
 
 
-def _now_ms() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 class RawWriter:
     """What a hand-written endpoint would do: build one commit document, ``insert_one`` it."""
 
@@ -202,7 +190,7 @@ class RawWriter:
             "to_version": 1,
             "position": self.position,
             "last_position": self.position,
-            "recorded_at": _now_ms(),
+            "recorded_at": now_ms(),
             "event_ids": [event_id],
             "types": [ItemRented.event_type],
             "events": [event],
@@ -233,14 +221,6 @@ def raw_app(writer: RawWriter | None) -> FastAPI:
         return JSONResponse(answer, status_code=201)
 
     return app
-
-
-async def create_commit_indexes(collection: Any) -> None:
-    """The indexes ``EventStore.ensure_indexes`` makes, on a raw collection."""
-    await collection.create_index([("position", 1)], unique=True)
-    await collection.create_index([("stream_id", 1), ("from_version", 1)], unique=True)
-    await collection.create_index([("event_ids", 1)], unique=True)
-    await collection.create_index([("types", 1), ("position", 1)])
 
 
 def client_for(app: FastAPI) -> httpx.AsyncClient:
@@ -424,22 +404,6 @@ class Workloads:
         return figures
 
 
-class CountingListener(CommandListener):
-    """Counts commands sent to the server, by name."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
-
-
 async def count_round_trips(
     uri: str, database: str, concurrency: int
 ) -> dict[str, dict[str, float]]:
@@ -529,36 +493,6 @@ async def http_layer_cpu(requests: int = 300, runs: int = 7) -> dict[str, float]
 # -- profiling -------------------------------------------------------------------------------
 
 
-def _package(filename: str, function: str) -> str:
-    """Which package a profiled function belongs to."""
-    if filename == "~":  # a builtin: name it after what it is a method of
-        if "epoll" in function or "select" in function:
-            return "waiting for the server (epoll)"
-        for name in ("bson", "pydantic_core", "uuid", "_socket", "_json"):
-            if name in function:
-                return name
-        return "other builtins"
-    if "/cqrs_kit/fastapi/" in filename:
-        return "cqrs_kit.fastapi"
-    if "/cqrs_kit/" in filename:
-        return "cqrs_kit"
-    if "site-packages/" in filename:
-        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
-    for name in ("asyncio", "json", "uuid", "inspect", "contextlib", "importlib"):
-        if f"/{name}" in filename or f"<frozen {name}" in filename:
-            return name
-    return "other stdlib"
-
-
-def _by_package(profiler: cProfile.Profile, ops: int) -> Counter[str]:
-    """Own time (tottime) per package, in microseconds per request."""
-    totals: Counter[str] = Counter()
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    for (filename, _, function), (_, _, own, _, _) in stats.items():
-        totals[_package(filename, function)] += own * 1e6 / ops
-    return totals
-
-
 async def profile(loads: Workloads) -> str:
     """Own time by package of router and raw requests (µs per request, under cProfile).
 
@@ -575,7 +509,7 @@ async def profile(loads: Workloads) -> str:
         for n in range(count):
             await op(n)
         profiler.disable()
-        found[name] = _by_package(profiler, count)
+        found[name] = own_time_by_package(profiler, count)
     lib, base = found["router"], found["raw"]
     lines = [
         "| package | router µs/request | raw µs/request | difference |",
