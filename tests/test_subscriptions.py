@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from cqrs_kit import Event, EventRegistry, EventStore, RecordedEvent
 from cqrs_kit.checkpoints import CheckpointStore, ConsumerState
 from cqrs_kit.leases import LeaseManager
 from cqrs_kit.subscriptions import Backoff, Subscription, measure_lag
+from cqrs_kit.testing import EmbeddedServer
 
 
 class Pinged(Event):
@@ -203,3 +213,45 @@ async def test_catch_up_batches_grow_while_full_and_reset_when_caught_up(
     await event_store.append("s-0", [Pinged(n=40)])
     assert await sub.catch_up() == 41
     assert consumer.spans == [1], "a consumer that keeps up starts small again"
+
+
+class _GetMores(CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name == "getMore":
+            self.count += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+async def test_an_idle_live_subscription_does_not_poll_in_a_busy_loop(
+    nx_server: EmbeddedServer, event_registry: EventRegistry
+) -> None:
+    # nx-27017 answers an empty getMore at once instead of holding it for
+    # maxAwaitTimeMS; the change stream must pace itself (at most one empty poll
+    # per 20 ms) rather than hammer the server.
+    listener = _GetMores()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(nx_server.uri, event_listeners=[listener])
+    database = client[f"idle_{uuid.uuid4().hex[:8]}"]
+    try:
+        store = EventStore(database, event_registry)
+        await store.ensure_indexes()
+        checkpoints = CheckpointStore(database)
+        consumer = Recorder(checkpoints)
+        sub = Subscription(store, consumer, checkpoints=checkpoints, poll_interval=30)
+        async with running(sub):
+            await store.append("s", [Pinged(n=1)])
+            await wait_until(lambda: consumer.seen == [1])
+            before, started = listener.count, time.monotonic()
+            await asyncio.sleep(0.5)  # an idle window to observe, not a wait for a result
+            polls, elapsed = listener.count - before, time.monotonic() - started
+        assert polls <= elapsed / 0.02 + 2, f"{polls} getMores in {elapsed:.2f}s"
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
